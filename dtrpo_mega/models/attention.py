@@ -1,0 +1,177 @@
+"""Core attention for dLLMs: the `core_attention` submodule of megatron-core's layer spec.
+
+It receives the per-partition query/key/value `[s, b, heads, head_dim]` after q/k norm, applies
+rotary embeddings from the micro-batch's `TokenLayout` positions, and runs one of three backends,
+each deriving its mask from `dtrpo_mega.diffusion.mask.may_attend`:
+
+- `local`: dense boolean mask with torch scaled_dot_product_attention (any device; CPU tests).
+- `te`: Transformer Engine DotProductAttention with `no_mask` and the mask as an additive
+  `post_scale_bias` (11ss when the micro-batch shares one mask, else b1ss), which TE can run on
+  its fused cuDNN kernel; an `arbitrary` boolean mask would drop TE to its unfused path.
+- `flex`: torch flex_attention with a block-sparse mask built from the same predicate
+  (compiled on CUDA; eager, unfused reference on CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from megatron.core.transformer.module import MegatronModule
+
+from dtrpo_mega.diffusion.mask import TokenLayout, may_attend
+from dtrpo_mega.models.rotary import apply_rotary, rotary_tables
+
+
+class AttentionBackend(str, Enum):
+    AUTO = "auto"
+    LOCAL = "local"
+    TE = "te"
+    FLEX = "flex"
+
+
+def flex_available() -> bool:
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def te_available() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: AttentionBackend | str) -> AttentionBackend:
+    """`auto` is `te` where CUDA and Transformer Engine are present, else `local`."""
+    backend = AttentionBackend(backend)
+    if backend == AttentionBackend.AUTO:
+        return AttentionBackend.TE if te_available() else AttentionBackend.LOCAL
+    if backend == AttentionBackend.TE and not te_available():
+        raise RuntimeError("attention backend 'te' needs CUDA and transformer_engine; use 'local' or 'flex'")
+    if backend == AttentionBackend.FLEX and not flex_available():
+        raise RuntimeError(f"attention backend 'flex' needs torch.nn.attention.flex_attention (torch {torch.__version__} lacks it)")
+    return backend
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_block_mask(layout: TokenLayout, device: torch.device):
+    """flex_attention BlockMask of the layout, from the same predicate as the dense mask."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def build():
+        pos, noisy, seg = (t.to(device) for t in (layout.positions, layout.noisy, layout.segments))
+
+        def mask_mod(b, h, q, k):
+            return may_attend(layout.variant, layout.block_size, pos[b, q], noisy[b, q], seg[b, q], pos[b, k], noisy[b, k], seg[b, k])
+
+        b, s = pos.shape
+        return create_block_mask(mask_mod, B=b, H=None, Q_LEN=s, KV_LEN=s, device=device)
+
+    return layout.cached(("flex_block_mask", str(device)), build)
+
+
+def additive_bias(layout: TokenLayout, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """0 where allowed, -inf elsewhere: [1, 1, s, s] if the batch shares one mask, else [b, 1, s, s]."""
+
+    def build():
+        allowed = layout.allowed().to(device)
+        if layout.shares_one_mask():
+            allowed = allowed[:1]
+        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+
+    return layout.cached(("bias", dtype, str(device)), build)
+
+
+class DLLMCoreAttention(MegatronModule):
+    """Drop-in for megatron-core's DotProductAttention; `attention_mask` is a `TokenLayout`."""
+
+    def __init__(
+        self,
+        config,
+        layer_number: int,
+        attn_mask_type,
+        attention_type: str,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection=None,
+        backend: AttentionBackend | str = AttentionBackend.AUTO,
+        rope_theta: float = 10000.0,
+    ):
+        super().__init__(config=config)
+        if (attention_dropout if attention_dropout is not None else config.attention_dropout) != 0:
+            raise ValueError("dLLM core attention supports attention_dropout = 0 only")
+        if config.context_parallel_size != 1:
+            raise ValueError("context parallelism is not supported by the dLLM core attention")
+        self.backend = resolve_backend(backend)
+        self.rope_theta = rope_theta
+        self.head_dim = config.kv_channels
+        self.softmax_scale = softmax_scale if softmax_scale is not None else self.head_dim**-0.5
+        self.te_attention = self._build_te(config, layer_number) if self.backend == AttentionBackend.TE else None
+
+    def _build_te(self, config, layer_number):
+        from transformer_engine.pytorch import DotProductAttention
+
+        tp = config.tensor_model_parallel_size
+        return DotProductAttention(
+            num_attention_heads=config.num_attention_heads // tp,
+            kv_channels=self.head_dim,
+            num_gqa_groups=config.num_query_groups // tp,
+            attention_dropout=0.0,
+            qkv_format="sbhd",
+            attn_mask_type="no_mask",
+            softmax_scale=self.softmax_scale,
+            layer_number=layer_number,
+        )
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, attention_mask: TokenLayout, attn_mask_type=None, attention_bias=None, packed_seq_params=None) -> Tensor:
+        if not isinstance(attention_mask, TokenLayout):
+            raise TypeError(f"DLLM attention expects a TokenLayout as attention_mask, got {type(attention_mask).__name__}")
+        if attention_bias is not None or packed_seq_params is not None:
+            raise ValueError("attention_bias / packed_seq_params are expressed through the TokenLayout")
+        layout = attention_mask
+        cos, sin = layout.cached(
+            ("rope", self.head_dim, self.rope_theta, str(query.device)),
+            lambda: rotary_tables(layout.positions.to(query.device), self.head_dim, self.rope_theta),
+        )
+        query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        s, b = query.shape[:2]
+        if self.backend == AttentionBackend.TE:
+            bias = additive_bias(layout, query.dtype, query.device)
+            return self.te_attention(
+                query, key, value, attn_mask_type="no_mask",
+                core_attention_bias_type="post_scale_bias", core_attention_bias=bias,
+            )
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
+        if self.backend == AttentionBackend.FLEX:
+            flex = _compiled_flex() if q.is_cuda else _eager_flex()
+            out = flex(q, k, v, block_mask=flex_block_mask(layout, q.device), scale=self.softmax_scale, enable_gqa=k.shape[1] != q.shape[1])
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=layout.allowed().to(q.device), scale=self.softmax_scale,
+                enable_gqa=k.shape[1] != q.shape[1],
+            )
+        return out.permute(2, 0, 1, 3).reshape(s, b, -1)
+
+
+def _eager_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention

@@ -1,0 +1,99 @@
+"""The dLLM: megatron-core GPTModel with the dLLM core attention in its layer spec.
+
+Only the `core_attention` submodule of megatron-core's spec changes; embeddings, norms, q/k/v,
+MLP, pipeline stages and the vocab-parallel output layer are megatron-core's own. Rope lives in
+the core attention (see `rotary.py`), so the GPTModel is built without position embeddings.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor
+
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+from dtrpo_mega.diffusion.mask import TokenLayout
+from dtrpo_mega.models.attention import DLLMCoreAttention, resolve_backend, te_available
+from dtrpo_mega.models.config import DLLMConfig
+
+
+def layer_spec(cfg: DLLMConfig, transformer_impl: str = "auto") -> ModuleSpec:
+    """megatron-core's layer spec (TE modules on GPU, local otherwise) with our core attention."""
+    if transformer_impl == "auto":
+        transformer_impl = "transformer_engine" if te_available() else "local"
+    if transformer_impl == "transformer_engine":
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=cfg.qk_norm)
+    elif transformer_impl == "local":
+        spec = get_gpt_layer_local_spec(qk_layernorm=cfg.qk_norm, normalization="RMSNorm")
+    else:
+        raise ValueError(f"transformer_impl must be auto, local or transformer_engine; got {transformer_impl!r}")
+    spec = copy.deepcopy(spec)
+    attention = spec.submodules.self_attention
+    attention.params = {**attention.params, "attn_mask_type": AttnMaskType.arbitrary}
+    attention.submodules.core_attention = ModuleSpec(
+        module=DLLMCoreAttention,
+        params={"backend": resolve_backend(cfg.attention_backend), "rope_theta": cfg.rope_theta},
+    )
+    return spec
+
+
+class DLLM(GPTModel):
+    """GPTModel whose `attention_mask` is a `TokenLayout` and whose padded vocabulary is masked.
+
+    Padded vocabulary rows are set to -inf in the logits, so log-probs (and the vocab-parallel
+    cross-entropy) are over the real vocabulary exactly as in the Hugging Face model.
+    """
+
+    def __init__(self, cfg: DLLMConfig, transformer_config, transformer_layer_spec, pre_process: bool, post_process: bool, padded_vocab_size: int):
+        super().__init__(
+            config=transformer_config,
+            transformer_layer_spec=transformer_layer_spec,
+            vocab_size=padded_vocab_size,
+            max_sequence_length=cfg.max_position_embeddings,
+            pre_process=pre_process,
+            post_process=post_process,
+            share_embeddings_and_output_weights=cfg.tie_embeddings,
+            position_embedding_type="none",
+        )
+        self.dllm_config = cfg
+        if post_process and padded_vocab_size > cfg.vocab_size:
+            self.output_layer.register_forward_hook(self._mask_padded_vocab)
+
+    def _mask_padded_vocab(self, module, inputs, output):
+        logits, bias = output
+        local = logits.shape[-1]
+        start = parallel_state.get_tensor_model_parallel_rank() * local
+        first_pad = self.dllm_config.vocab_size - start
+        if first_pad >= local:
+            return output
+        is_pad = torch.arange(local, device=logits.device) >= max(first_pad, 0)
+        return logits.masked_fill(is_pad, float("-inf")), bias
+
+    def forward(self, input_ids: Tensor, layout: TokenLayout, labels: Tensor | None = None, **kwargs):
+        """Logits [b, s, vocab/TP] (vocab-parallel), or per-token cross-entropy [b, s] with labels."""
+        return super().forward(input_ids=input_ids, position_ids=None, attention_mask=layout, labels=labels, **kwargs)
+
+
+def build_model(cfg: DLLMConfig, params_dtype: torch.dtype = torch.float32, transformer_impl: str = "auto") -> DLLM:
+    """This rank's pipeline stage of the model, on the current device, under the current groups."""
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    on_gpu = torch.cuda.is_available()
+    transformer_config = cfg.transformer_config(tp, pp, params_dtype, use_cpu_initialization=not on_gpu)
+    model = DLLM(
+        cfg,
+        transformer_config,
+        layer_spec(cfg, transformer_impl),
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        padded_vocab_size=cfg.padded_vocab(tp),
+    )
+    return model.cuda() if on_gpu else model

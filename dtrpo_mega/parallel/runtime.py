@@ -1,0 +1,94 @@
+"""Process groups, devices and seeds: torch.distributed plus megatron-core's model-parallel groups."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from megatron.core import parallel_state
+
+from dtrpo_mega.parallel import cpu_shims
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    backend: str = "auto"  # nccl with CUDA, gloo without
+
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    world_size: int
+    tp: int
+    pp: int
+    dp: int
+    device: torch.device
+
+    @property
+    def is_last_stage(self) -> bool:
+        return parallel_state.is_pipeline_last_stage()
+
+    @property
+    def is_first_stage(self) -> bool:
+        return parallel_state.is_pipeline_first_stage()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(backend: str = "auto") -> None:
+    """Join torchrun's process group; a plain `python` process becomes a world of one."""
+    if dist.is_initialized():
+        return
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if "RANK" in os.environ:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend=backend)
+    else:
+        dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+
+
+def initialize(parallel: ParallelConfig, seed: int = 1234) -> Runtime:
+    """Initialize (or re-initialize) the model-parallel groups and seed every generator."""
+    init_distributed(parallel.backend)
+    world = dist.get_world_size()
+    tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
+    if world % (tp * pp):
+        raise ValueError(f"world size {world} is not divisible by TP={tp} x PP={pp}")
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    set_seeds(seed)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return Runtime(dist.get_rank(), world, tp, pp, world // (tp * pp), device)
+
+
+def set_seeds(seed: int) -> None:
+    """Per pipeline stage seeds (Megatron-LM's +100 * stage, so stages do not start identical);
+    equal across TP ranks (weights are initialized whole, then split), TP-offset RNG regions."""
+    torch.manual_seed(seed + 100 * parallel_state.get_pipeline_model_parallel_rank())
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    if torch.cuda.is_available():
+        from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+        model_parallel_cuda_manual_seed(seed)
+    else:
+        cpu_shims.install(seed, tp_rank)
+
+
+def shutdown() -> None:
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
