@@ -1,0 +1,46 @@
+"""Shared test helpers: run a script under torchrun (gloo) and report its output on failure."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DISTRIBUTED = Path(__file__).resolve().parent / "distributed"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_torchrun(script: str, nproc: int, *args: str, timeout: int = 600) -> str:
+    """Run tests/distributed/<script> on `nproc` CPU ranks; fail with its output if it fails."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+        f"--master-port={_free_port()}", str(DISTRIBUTED / script), *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        pytest.fail(f"{script} failed (exit {proc.returncode}):\n{output[-6000:]}")
+    return output
+
+
+@pytest.fixture(scope="session")
+def world_of_one():
+    """A one-process world with TP=PP=1, for single-process model tests."""
+    from dtrpo_mega.parallel.runtime import ParallelConfig, initialize
+
+    return initialize(ParallelConfig(), seed=1234)
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (GPU checks run on a lent GPU)")
