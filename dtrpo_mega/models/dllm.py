@@ -21,6 +21,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from dtrpo_mega.diffusion.mask import TokenLayout
 from dtrpo_mega.models.attention import DLLMCoreAttention, resolve_backend, te_available
 from dtrpo_mega.models.config import DLLMConfig
+from dtrpo_mega.parallel.cpu_shims import tensor_cuda_stays_on_cpu
 
 
 def layer_spec(cfg: DLLMConfig, transformer_impl: str = "auto") -> ModuleSpec:
@@ -66,6 +67,11 @@ class DLLM(GPTModel):
         self.dllm_config = cfg
         if post_process and padded_vocab_size > cfg.vocab_size:
             self.output_layer.register_forward_hook(self._mask_padded_vocab)
+
+    def setup_embeddings_and_output_layer(self) -> None:
+        """megatron-core's tied-embedding setup, which calls `Tensor.cuda()`, made CPU-safe."""
+        with tensor_cuda_stays_on_cpu():
+            super().setup_embeddings_and_output_layer()
 
     def _mask_padded_vocab(self, module, inputs, output):
         logits, bias = output

@@ -3,12 +3,18 @@
 Active only when CUDA is absent; on a GPU `install()` does nothing. What it changes, and nothing
 else (checked against megatron-core 0.16.1, whose CUDA-only calls are listed here):
 
-1. `pipeline_parallel/schedules.py` allocates its token counter with `device="cuda"`, and
+1. `pipeline_parallel/schedules.py` allocates its token counter with `device="cuda"`;
    `pipeline_parallel/p2p_communication.py` allocates receive buffers on
-   `torch.cuda.current_device()` and calls `torch.cuda.synchronize()`. Both modules get a view of
-   `torch` whose `cuda.current_device()` is the CPU, whose `cuda.synchronize()` is a no-op, and
-   whose tensor factories map `device="cuda"` to the CPU. The global `torch` is untouched.
-2. `tensor_parallel.random`'s CUDA RNG tracker (used for model-parallel RNG regions) is replaced by
+   `torch.cuda.current_device()` and calls `torch.cuda.synchronize()`; the torch_dist checkpoint
+   writer (`dist_checkpointing/strategies/filesystem_async.py`, `async_utils.py`,
+   `state_dict_saver.py`) calls `torch.cuda.synchronize()` and allocates flags on the current CUDA
+   device. These modules get a view of `torch` whose `cuda.current_device()` is the CPU, whose
+   `cuda.synchronize()` is a no-op, and whose tensor factories map `device="cuda"` to the CPU.
+   The global `torch` is untouched.
+2. `LanguageModule.setup_embeddings_and_output_layer` moves the tied embedding weight with
+   `Tensor.cuda()` before all-reducing it between the first and last pipeline stages; the
+   `tensor_cuda_stays_on_cpu()` context makes that call an identity for its duration only.
+3. `tensor_parallel.random`'s CUDA RNG tracker (used for model-parallel RNG regions) is replaced by
    `CpuRNGStatesTracker`, which has the same interface and forks the CPU generator.
 """
 
@@ -60,6 +66,20 @@ class _TorchOnCpu(types.ModuleType):
         return getattr(torch, name)
 
 
+@contextlib.contextmanager
+def tensor_cuda_stays_on_cpu():
+    """Within the block, `Tensor.cuda()` returns the tensor itself (CPU ranks only)."""
+    if torch.cuda.is_available():
+        yield
+        return
+    original = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = original
+
+
 class CpuRNGStatesTracker:
     """Same interface as megatron-core's CudaRNGStatesTracker, over the CPU generator."""
 
@@ -107,10 +127,11 @@ def install(seed: int, tp_rank: int) -> bool:
     """Apply the shims (once; CPU only). Returns whether they are active."""
     if torch.cuda.is_available():
         return False
+    from megatron.core.dist_checkpointing.strategies import async_utils, filesystem_async, state_dict_saver
     from megatron.core.pipeline_parallel import p2p_communication, schedules
     from megatron.core.tensor_parallel import random as mp_random
 
-    for module in (schedules, p2p_communication):
+    for module in (schedules, p2p_communication, filesystem_async, async_utils, state_dict_saver):
         if not isinstance(module.torch, _TorchOnCpu):
             module.torch = _TorchOnCpu()
     tracker = CpuRNGStatesTracker()

@@ -1,0 +1,56 @@
+"""Gradient reductions for models that are not wrapped in megatron's DistributedDataParallel.
+
+Megatron's `finalize_model_grads` expects DDP's `main_grad` buffers (a GPU path). On CPU ranks the
+same reductions are done here on `.grad`: the partial gradients of replicated parameters that see
+only this rank's heads or sequence shard (q/k norms, sequence-parallel norms) over the TP group,
+the tied embedding/output weight across the first and last pipeline stages, then the
+data-parallel mean.
+"""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+
+from megatron.core import parallel_state
+
+
+def _is_tensor_parallel_partial(name: str, param) -> bool:
+    return getattr(param, "sequence_parallel", False) or name.endswith(("q_layernorm.weight", "k_layernorm.weight"))
+
+
+def reduce_tensor_parallel_partial_grads(model) -> None:
+    """Sum over TP the gradients of replicated parameters that each rank sees only part of."""
+    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+        return
+    group = parallel_state.get_tensor_model_parallel_group()
+    for name, param in model.named_parameters():
+        if param.grad is not None and _is_tensor_parallel_partial(name, param):
+            dist.all_reduce(param.grad, group=group)
+
+
+def reduce_tied_embedding_grads(model) -> None:
+    """Sum the gradient of the weight shared by the first and last pipeline stages."""
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1 or not model.share_embeddings_and_output_weights:
+        return
+    if not (model.pre_process or model.post_process):
+        return
+    weight = model.shared_embedding_or_output_weight()
+    if weight.grad is not None:
+        dist.all_reduce(weight.grad, group=parallel_state.get_embedding_group())
+
+
+def average_data_parallel_grads(model) -> None:
+    dp = parallel_state.get_data_parallel_world_size()
+    if dp == 1:
+        return
+    group = parallel_state.get_data_parallel_group()
+    for param in model.parameters():
+        if param.grad is not None:
+            dist.all_reduce(param.grad, group=group)
+            param.grad.div_(dp)
+
+
+def finalize_grads(model) -> None:
+    reduce_tensor_parallel_partial_grads(model)
+    reduce_tied_embedding_grads(model)
+    average_data_parallel_grads(model)

@@ -1,0 +1,58 @@
+"""One forward/backward over a list of micro-batches with megatron-core's pipeline schedule.
+
+The loss runs only in the last pipeline stage, Megatron's way: the forward step returns
+`(output, partial(loss_func, micro_batch))` and `loss_func` returns `(loss_sum, count, report)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from dtrpo_mega.diffusion.mask import TokenLayout
+
+LossFunc = Callable[["MicroBatch", Tensor], tuple[Tensor, Tensor, dict]]
+
+
+@dataclass
+class MicroBatch:
+    """Inputs of one micro-batch; every pipeline stage receives the same one (layouts are cheap)."""
+
+    tokens: Tensor  # [b, s]
+    layout: TokenLayout
+    labels: Tensor | None = None  # [b, s] targets for the per-token cross-entropy
+    extra: dict = field(default_factory=dict)  # loss inputs (scored-token masks, weights, ...)
+
+    def to(self, device) -> "MicroBatch":
+        move = lambda t: t.to(device) if isinstance(t, Tensor) else t  # noqa: E731
+        return MicroBatch(move(self.tokens), self.layout.to(device), move(self.labels), {k: move(v) for k, v in self.extra.items()})
+
+
+def forward_backward(model, micro_batches: list[MicroBatch], loss_func: LossFunc, forward_only: bool = False) -> list[dict]:
+    """Run the schedule; returns the per-micro-batch reports (non-empty on the last stage only).
+
+    With labels, the model returns the vocab-parallel per-token cross-entropy [b, s], so `-output`
+    is the token log-prob and logits are never gathered across tensor-parallel ranks.
+    """
+    device = next(model.parameters()).device
+
+    def forward_step(data_iterator, model_chunk):
+        mb = next(data_iterator).to(device)
+        output = model_chunk(mb.tokens, mb.layout, labels=mb.labels)
+        return output, partial(loss_func, mb)
+
+    return get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iter(micro_batches),
+        model=[model],
+        num_microbatches=len(micro_batches),
+        seq_length=max(mb.tokens.shape[1] for mb in micro_batches),
+        micro_batch_size=micro_batches[0].tokens.shape[0],
+        forward_only=forward_only,
+    )
