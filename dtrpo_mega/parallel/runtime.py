@@ -45,12 +45,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def env_from_slurm(env: dict) -> dict:
+    """torchrun's variables from an `srun` task's (one task per GPU), unless torchrun set them.
+
+    MASTER_ADDR must come from the launcher (the first host of the allocation); the port defaults
+    to 29500 offset by the job id, so two jobs sharing a node do not collide.
+    """
+    if "RANK" in env or "SLURM_PROCID" not in env:
+        return {}
+    if "MASTER_ADDR" not in env:
+        raise RuntimeError("under srun, export MASTER_ADDR (the first host of $SLURM_JOB_NODELIST) before launching")
+    return {
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": env["SLURM_NTASKS"],
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "MASTER_PORT": env.get("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 10000)),
+    }
+
+
 def init_distributed(backend: str = "auto") -> None:
-    """Join torchrun's process group; a plain `python` process becomes a world of one."""
+    """Join torchrun's (or srun's) process group; a plain `python` process becomes a world of one."""
     if dist.is_initialized():
         return
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+    os.environ.update(env_from_slurm(dict(os.environ)))
     if "RANK" in os.environ:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
