@@ -39,18 +39,24 @@ def reduce_tied_embedding_grads(model) -> None:
         dist.all_reduce(weight.grad, group=parallel_state.get_embedding_group())
 
 
-def average_data_parallel_grads(model) -> None:
+def reduce_data_parallel_grads(model, num_units: float | None = None) -> None:
+    """Sum gradients over data-parallel ranks, then divide by `num_units` (default: the DP size).
+
+    Losses are summed per micro-batch; dividing by the global number of units (pairs, tokens)
+    makes the result independent of how the global batch was split across ranks.
+    """
     dp = parallel_state.get_data_parallel_world_size()
-    if dp == 1:
-        return
+    divisor = num_units if num_units is not None else dp
     group = parallel_state.get_data_parallel_group()
     for param in model.parameters():
         if param.grad is not None:
-            dist.all_reduce(param.grad, group=group)
-            param.grad.div_(dp)
+            if dp > 1:
+                dist.all_reduce(param.grad, group=group)
+            if divisor != 1:
+                param.grad.div_(divisor)
 
 
-def finalize_grads(model) -> None:
+def finalize_grads(model, num_units: float | None = None) -> None:
     reduce_tensor_parallel_partial_grads(model)
     reduce_tied_embedding_grads(model)
-    average_data_parallel_grads(model)
+    reduce_data_parallel_grads(model, num_units)

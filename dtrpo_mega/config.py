@@ -1,0 +1,217 @@
+"""Typed training configuration: dataclasses, loaded from YAML with `section.key=value` overrides.
+
+Every error names the setting: an unknown key lists the known ones, a bad value says what is
+allowed, and cross-field checks (batch sizes vs data parallelism, ...) say which fields clash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import yaml
+
+from dtrpo_mega.diffusion.scoring import Objective
+from dtrpo_mega.diffusion.trajectory import SchedulerConfig
+from dtrpo_mega.losses.preference import LossConfig
+
+
+class ReferenceMode(str, Enum):
+    RESIDENT = "resident"  # a frozen copy in the same parallel layout, run on the same states
+    PRECOMPUTED = "precomputed"  # weighted log-prob sums from tools/precompute_reference.py
+
+
+@dataclass
+class ModelSection:
+    family: str = "fast_dllm_v2"
+    size: str = "tiny"
+    overrides: dict = field(default_factory=dict)  # any DLLMConfig field
+    load: str | None = None  # a converted or trained checkpoint to start from (weights only)
+
+
+@dataclass
+class ParallelSection:
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+
+
+@dataclass
+class DataSection:
+    path: str = ""  # prefix written by tools/preprocess_data.py
+    pad_to_multiple: int = 8
+
+
+@dataclass
+class ObjectiveSection:
+    name: Objective = Objective.DTRPO
+    vrpo_samples: int = 8
+
+
+@dataclass
+class ReferenceSection:
+    mode: ReferenceMode = ReferenceMode.RESIDENT
+    cache: str | None = None  # precomputed mode: the cache file
+    load: str | None = None  # reference weights; None: the policy's initial weights
+
+
+@dataclass
+class OptimizerSection:
+    lr: float = 5e-7
+    min_lr: float = 0.0
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+
+
+@dataclass
+class TrainSection:
+    global_batch_size: int = 8  # preference pairs per optimizer step
+    micro_batch_size: int = 1  # pairs per micro-batch (chosen + rejected rows together)
+    train_steps: int = 100
+    seed: int = 1234
+    bf16: bool | None = None  # None: bf16 with CUDA, fp32 on CPU
+
+
+@dataclass
+class CheckpointSection:
+    dir: str | None = None
+    save_interval: int = 0  # steps; 0: only at the end and on SIGTERM
+    resume: bool = True  # resume from dir's latest complete checkpoint if there is one
+
+
+@dataclass
+class LoggingSection:
+    dir: str = "runs/dtrpo"
+    log_interval: int = 1
+    wandb_project: str | None = None  # offline unless WANDB_API_KEY is set
+    progress_bar: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    data: DataSection = field(default_factory=DataSection)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
+    loss: LossConfig = field(default_factory=LossConfig)
+    reference: ReferenceSection = field(default_factory=ReferenceSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+
+    def validate(self, world_size: int) -> None:
+        tp, pp = self.parallel.tensor_model_parallel_size, self.parallel.pipeline_model_parallel_size
+        if world_size % (tp * pp):
+            raise ValueError(f"parallel: world size {world_size} is not divisible by TP={tp} x PP={pp}")
+        dp = world_size // (tp * pp)
+        gbs, mbs = self.train.global_batch_size, self.train.micro_batch_size
+        if gbs % (mbs * dp):
+            raise ValueError(f"train.global_batch_size={gbs} must be a multiple of train.micro_batch_size={mbs} x data-parallel size {dp}")
+        if not self.data.path:
+            raise ValueError("data.path is required (a prefix written by tools/preprocess_data.py)")
+        if self.reference.mode == ReferenceMode.PRECOMPUTED and not self.reference.cache:
+            raise ValueError("reference.mode=precomputed needs reference.cache")
+        if self.objective.name == Objective.VRPO and self.objective.vrpo_samples < 1:
+            raise ValueError(f"objective.vrpo_samples must be >= 1, got {self.objective.vrpo_samples}")
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def _coerce(value, annotation, where: str):
+    """Convert a YAML / CLI value to the field's declared type, or say which setting is wrong."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or value == "null":
+            return None
+        return _coerce(value, options[0], where)
+    try:
+        if isinstance(annotation, type) and issubclass(annotation, Enum):
+            return annotation(value)
+        if annotation is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                return value.lower() in ("true", "1")
+            return bool(value)
+        if annotation in (int, float, str):
+            if annotation is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return annotation(value)
+        if annotation is dict or origin is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return value
+    except (ValueError, TypeError):
+        allowed = [e.value for e in annotation] if isinstance(annotation, type) and issubclass(annotation, Enum) else getattr(annotation, "__name__", str(annotation))
+        raise ValueError(f"{where}={value!r}: expected {allowed}") from None
+    return value
+
+
+def _build(cls, values: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {[f'{where}.{u}'.lstrip('.') for u in unknown]}; {where or 'top level'} has {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        annotation = hints[name]
+        key = f"{where}.{name}".lstrip(".")
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ValueError(f"{key} must be a mapping, got {value!r}")
+            kwargs[name] = _build(annotation, value, key)
+        else:
+            kwargs[name] = _coerce(value, annotation, key)
+    try:
+        return cls(**kwargs)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}" if where and where not in str(err) else str(err)) from None
+
+
+def _apply_override(tree: dict, override: str) -> None:
+    if "=" not in override:
+        raise ValueError(f"override {override!r} must look like section.key=value")
+    key, raw = override.split("=", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {override!r}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """YAML file (optional) then `section.key=value` overrides, into a validated TrainConfig."""
+    tree = {}
+    if path is not None:
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ValueError(f"{path}: the top level must be a mapping of sections")
+    for override in overrides:
+        _apply_override(tree, override)
+    return _build(TrainConfig, tree, "")

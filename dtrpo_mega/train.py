@@ -1,0 +1,38 @@
+"""Train a dLLM with dTRPO: `python -m dtrpo_mega.train --config CFG.yaml [section.key=value ...]`.
+
+Launch with torchrun (or srun) for several ranks; see examples/.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dtrpo_mega.config import load_config
+from dtrpo_mega.parallel.runtime import shutdown
+from dtrpo_mega.training.loop import train
+
+SUMMARY_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected")
+
+
+def summary(history: list[dict], window: int = 3) -> str:
+    """First and last values (means over `window` logged steps) of the headline metrics."""
+    first, last = history[:window], history[-window:]
+    mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+    lines = [f"{'metric':<20}{'start':>12}{'end':>12}", "-" * 44]
+    lines += [f"{k:<20}{mean(first, k):>12.4f}{mean(last, k):>12.4f}" for k in SUMMARY_KEYS]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", help="YAML file with the run's sections")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, applied after the file")
+    args = parser.parse_args(argv)
+    history = train(load_config(args.config, args.overrides))
+    if history:
+        print(f"\nsummary over {history[-1]['step']} steps (means of the first and last 3 logged steps)\n{summary(history)}", flush=True)
+    shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The dTRPO training loop.
+
+Per step: the step's pairs -> rows (re-masked `[z~ ; y0]`) -> reference sums -> policy forward
+and backward through megatron-core's pipeline schedule with the dTRPO loss in the last stage ->
+gradient finalization, clipping and the optimizer step -> metrics -> (maybe) a checkpoint.
+SIGTERM finishes the current step, saves a checkpoint and exits cleanly.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from functools import partial
+
+import torch
+import torch.distributed as dist
+
+from megatron.core import parallel_state
+
+from dtrpo_mega.config import TrainConfig
+from dtrpo_mega.losses.preference import LossConfig, dtrpo_loss
+from dtrpo_mega.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from dtrpo_mega.training.metrics import MetricsLogger, reduce_reports
+from dtrpo_mega.training.optim import build_optimizer, lr_at
+from dtrpo_mega.training.setup import Run, build_policy, build_reference, setup_run
+from dtrpo_mega.training.step import MicroBatch, forward_backward
+
+
+def policy_loss(cfg: LossConfig, mb: MicroBatch, token_ce: torch.Tensor):
+    """The dTRPO loss of a micro-batch from the vocab-parallel per-token cross-entropy."""
+    x = mb.extra
+    return dtrpo_loss(-token_ce, x["weights"], x["row_pair"], x["row_role"], x["ref_sums"], x["response_lengths"], cfg)
+
+
+class StopFlag:
+    """Set by SIGTERM on any rank; every rank agrees on it at the end of each step."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def agreed(self) -> bool:
+        flag = torch.tensor(int(self.requested))
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag)
+
+
+def micro_batches_of(run: Run, step: int) -> list[MicroBatch]:
+    epoch = run.order.epoch_of(step)
+    cfg = run.cfg.train
+    groups = run.order.local_micro_batches(step, parallel_state.get_data_parallel_rank(), run.runtime.dp, cfg.micro_batch_size)
+    return [run.rows.micro_batch([run.dataset[int(i)] for i in idx], epoch) for idx in groups]
+
+
+def train(cfg: TrainConfig) -> list[dict]:
+    """Train; returns the logged metrics (on the logging rank; empty elsewhere)."""
+    run = setup_run(cfg)
+    policy = build_policy(run)
+    reference = build_reference(run, policy)
+    optimizer = build_optimizer(policy, cfg.optimizer, bf16=run.dtype == torch.bfloat16)
+    start = 0
+    ckpt_root = cfg.checkpoint.dir
+    if ckpt_root and cfg.checkpoint.resume and (path := latest_checkpoint(ckpt_root)) is not None:
+        resumed = load_checkpoint(path, policy, optimizer)
+        start = resumed.step
+        if run.runtime.rank == 0:
+            note = "" if resumed.optimizer_restored else " (different parallel layout: weights resharded, optimizer state reset)"
+            print(f"resumed from {path} at step {start}{note}", flush=True)
+
+    logs_here = run.runtime.rank == run.runtime.world_size - 1
+    logger = MetricsLogger(cfg.logging.dir, cfg.train.train_steps, start, cfg.to_dict(), cfg.logging.wandb_project, cfg.logging.progress_bar, cfg.logging.log_interval) if logs_here else None
+    stop = StopFlag()
+    loss = partial(policy_loss, cfg.loss)
+    step = start
+    for step in range(start, cfg.train.train_steps):
+        t0 = time.perf_counter()
+        micro = micro_batches_of(run, step)
+        reference.attach(micro)
+        optimizer.zero_grad()
+        reports = forward_backward(optimizer.module, micro, loss)
+        lr = lr_at(step, cfg.optimizer, cfg.train.train_steps)
+        grad_norm = optimizer.step(cfg.train.global_batch_size, lr)
+        elapsed = time.perf_counter() - t0
+        if parallel_state.is_pipeline_last_stage():
+            metrics = reduce_reports(reports)
+            tokens = torch.tensor(float(sum(mb.tokens.numel() for mb in micro)))
+            dist.all_reduce(tokens, group=parallel_state.get_data_parallel_group())
+            metrics.update(grad_norm=grad_norm, lr=lr, pairs_per_s=cfg.train.global_batch_size / elapsed, tokens_per_s=float(tokens) / elapsed)
+            if logger is not None:
+                logger.log(step + 1, metrics)
+        interrupted = stop.agreed()
+        interval = cfg.checkpoint.save_interval
+        if ckpt_root and (interrupted or (interval and (step + 1) % interval == 0)):
+            save_checkpoint(ckpt_root, step + 1, policy, optimizer, cfg.to_dict())
+        if interrupted:
+            if run.runtime.rank == 0:
+                print(f"SIGTERM: saved a checkpoint at step {step + 1} and stopped", flush=True)
+            break
+    else:
+        if ckpt_root and cfg.train.train_steps > start and not (cfg.checkpoint.save_interval and cfg.train.train_steps % cfg.checkpoint.save_interval == 0):
+            save_checkpoint(ckpt_root, cfg.train.train_steps, policy, optimizer, cfg.to_dict())
+    if logger is not None:
+        png = logger.close()
+        print(f"metrics: {logger.run_dir / 'metrics.jsonl'}; reward curves: {png}", flush=True)
+        return logger.history
+    return []

@@ -1,0 +1,103 @@
+"""What a run is made of: the model config, the data, the row builder, the reference and its key.
+
+Shared by training and `tools/precompute_reference.py`, so both build rows the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from dtrpo_mega.checkpointing import load_model, read_model_config
+from dtrpo_mega.config import ReferenceMode, TrainConfig
+from dtrpo_mega.data import PreferenceDataset, check_vocabulary
+from dtrpo_mega.diffusion.scoring import Objective
+from dtrpo_mega.models.config import DLLMConfig
+from dtrpo_mega.models.dllm import build_model
+from dtrpo_mega.models.families import model_config
+from dtrpo_mega.parallel.runtime import ParallelConfig, Runtime, initialize
+from dtrpo_mega.training.batches import DataOrder, RowBuilder
+from dtrpo_mega.training.reference import PrecomputedReference, ResidentReference, files_digest
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    runtime: Runtime
+    model_config: DLLMConfig
+    dataset: PreferenceDataset
+    rows: RowBuilder
+    order: DataOrder
+    dtype: torch.dtype
+
+
+def resolve_model_config(cfg: TrainConfig) -> DLLMConfig:
+    if cfg.model.load:
+        base = read_model_config(cfg.model.load)
+        return dataclasses.replace(base, **cfg.model.overrides) if cfg.model.overrides else base
+    return model_config(cfg.model.family, cfg.model.size, **cfg.model.overrides)
+
+
+def setup_run(cfg: TrainConfig) -> Run:
+    runtime = initialize(ParallelConfig(cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size), seed=cfg.train.seed)
+    cfg.validate(runtime.world_size)
+    model_cfg = resolve_model_config(cfg)
+    model_cfg.check_parallel(runtime.tp, runtime.pp)
+    dataset = PreferenceDataset.open(cfg.data.path)
+    check_vocabulary(dataset, model_cfg.vocab_size, model_cfg.mask_token_id)
+    bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else torch.cuda.is_available()
+    rows = RowBuilder(model_cfg, cfg.scheduler, cfg.objective.name, cfg.train.seed, cfg.objective.vrpo_samples, cfg.data.pad_to_multiple)
+    order = DataOrder(len(dataset), cfg.train.global_batch_size, cfg.train.seed)
+    return Run(cfg, runtime, model_cfg, dataset, rows, order, torch.bfloat16 if bf16 else torch.float32)
+
+
+def build_policy(run: Run):
+    model = build_model(run.model_config, params_dtype=run.dtype)
+    model.config.calculate_per_token_loss = True  # losses are sums; gradients divided by global pairs
+    if run.cfg.model.load:
+        load_model(model, run.cfg.model.load)
+    return model
+
+
+def reference_weights_id(run: Run) -> str:
+    """Layout-independent identity of the reference weights."""
+    source = run.cfg.reference.load or run.cfg.model.load
+    if source:
+        return f"sha256:{files_digest(source)}"
+    rt = run.runtime
+    return f"random-init(seed={run.cfg.train.seed}, tp={rt.tp}, pp={rt.pp})"
+
+
+def reference_key(run: Run) -> dict:
+    """Everything that decides the reference sums of a sample."""
+    model = run.model_config.to_dict()
+    model.pop("attention_backend")
+    return {
+        "data_fingerprint": run.dataset.fingerprint,
+        "seed": run.cfg.train.seed,
+        "scheduler": {k: getattr(v, "value", v) for k, v in dataclasses.asdict(run.cfg.scheduler).items()},
+        "objective": run.cfg.objective.name.value,
+        "vrpo_samples": run.cfg.objective.vrpo_samples if run.cfg.objective.name == Objective.VRPO else None,
+        "model": model,
+        "reference_weights": reference_weights_id(run),
+    }
+
+
+def build_reference_model(run: Run, policy=None):
+    """The frozen reference: `reference.load`, else the policy's initial weights."""
+    model = build_model(run.model_config, params_dtype=run.dtype)
+    if run.cfg.reference.load:
+        load_model(model, run.cfg.reference.load)
+    elif policy is not None:
+        model.load_state_dict(policy.state_dict())
+    elif run.cfg.model.load:
+        load_model(model, run.cfg.model.load)
+    return model
+
+
+def build_reference(run: Run, policy):
+    if run.cfg.reference.mode == ReferenceMode.PRECOMPUTED:
+        return PrecomputedReference(run.cfg.reference.cache, reference_key(run))
+    return ResidentReference(build_reference_model(run, policy))

@@ -1,0 +1,104 @@
+"""Loss types against direct formulas; sigmoid on a causal layout is ordinary DPO; metrics."""
+
+import math
+
+import pytest
+import torch
+
+from dtrpo_mega.diffusion.mask import MaskVariant, collate, plain_sample
+from dtrpo_mega.losses.preference import LossConfig, LossType, dtrpo_loss, pair_losses, sequence_sums
+from dtrpo_mega.models.dllm import build_model
+from dtrpo_mega.models.families import model_config
+
+
+def _logsig(x):
+    return -math.log1p(math.exp(-x))
+
+
+@pytest.mark.parametrize("lw,ll", [(0.7, -0.4), (-1.3, 0.2), (0.0, 0.0), (5.0, -6.0)])
+@pytest.mark.parametrize("beta,eps", [(0.1, 0.0), (0.5, 0.2)])
+def test_each_loss_type_matches_its_formula(lw, ll, beta, eps):
+    logits = lw - ll
+    h = beta * logits
+    expected = {
+        LossType.SIGMOID: -_logsig(h) * (1 - eps) - _logsig(-h) * eps,
+        LossType.IPO: (logits - 1 / (2 * beta)) ** 2,
+        LossType.ROBUST: (-_logsig(h) * (1 - eps) + _logsig(-h) * eps) / (1 - 2 * eps),
+        LossType.HINGE: max(0.0, 1 - h),
+    }
+    for loss_type, value in expected.items():
+        cfg = LossConfig(beta=beta, loss_type=loss_type, label_smoothing=eps)
+        got = pair_losses(torch.tensor([lw], dtype=torch.float64), torch.tensor([ll], dtype=torch.float64), cfg)
+        assert got.item() == pytest.approx(value, rel=1e-12, abs=1e-12), loss_type
+
+
+def test_rows_of_a_sequence_add_up_and_metrics_follow_trl():
+    # pair 0: chosen in rows 0 and 1 (e.g. VRPO samples), rejected in row 2; pair 1: rows 3, 4.
+    logps = torch.tensor([[-1.0, -2.0], [-0.5, 0.0], [-3.0, -1.0], [-0.2, -0.2], [-4.0, 0.0]])
+    weights = torch.tensor([[1.0, 0.5], [2.0, 0.0], [1.0, 1.0], [3.0, 0.0], [0.5, 0.5]], dtype=torch.float64)
+    row_pair, row_role = torch.tensor([0, 0, 0, 1, 1]), torch.tensor([0, 0, 1, 0, 1])
+    sums = sequence_sums(logps, weights, row_pair, row_role, 2)
+    torch.testing.assert_close(sums, torch.tensor([[-3.0, -4.0], [-0.6, -2.0]], dtype=torch.float64))
+
+    ref = torch.tensor([[-2.5, -3.0], [-1.0, -1.0]], dtype=torch.float64)
+    cfg = LossConfig(beta=0.5, nll_weight=0.1)
+    lengths = torch.tensor([[4.0, 5.0], [2.0, 3.0]], dtype=torch.float64)
+    loss_sum, count, report = dtrpo_loss(logps, weights, row_pair, row_role, ref, lengths, cfg)
+    ratios = sums - ref  # [[-0.5, -1.0], [0.4, -1.0]]
+    nll = -sums[:, 0] / lengths[:, 0]
+    expected = -torch.nn.functional.logsigmoid(0.5 * (ratios[:, 0] - ratios[:, 1])) + 0.1 * nll
+    assert count.item() == 2
+    torch.testing.assert_close(loss_sum, expected.sum())
+    assert report["rewards/chosen"].item() == pytest.approx(0.5 * (-0.5 + 0.4))
+    assert report["rewards/rejected"].item() == pytest.approx(0.5 * (-1.0 - 1.0))
+    assert report["rewards/accuracies"].item() == 2.0
+    assert report["rewards/margins"].item() == pytest.approx(0.5 * (0.5 + 1.4))
+    assert report["logps/chosen"].item() == pytest.approx(-3.6)
+    assert report["scored_tokens"].item() == 8  # non-zero weights: 2 + 1 + 2 + 1 + 2
+
+
+def test_sigmoid_on_a_causal_layout_is_dpo(world_of_one):
+    """Scoring every response token of a causal layout (shifted) turns dTRPO into DPO."""
+    cfg = model_config("sdar", num_layers=2)
+    torch.manual_seed(3)
+    policy = build_model(cfg).double()
+    torch.manual_seed(4)
+    reference = build_model(cfg).double()
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, 200, (5,), generator=g)
+    chosen, rejected = torch.randint(0, 200, (6,), generator=g), torch.randint(0, 200, (4,), generator=g)
+    seqs = [torch.cat([prompt, chosen]), torch.cat([prompt, rejected])]
+    tokens, layout = collate([plain_sample(s) for s in seqs], MaskVariant.CAUSAL, cfg.block_size, pad_id=0)
+
+    def causal_token_logps(model):
+        logps = model(tokens, layout).log_softmax(-1)
+        labels = torch.zeros_like(tokens)
+        labels[:, :-1] = tokens[:, 1:]  # the logit at j-1 scores token j
+        return logps.gather(-1, labels[..., None])[..., 0]
+
+    weights = torch.zeros(tokens.shape, dtype=torch.float64)
+    for r, resp in enumerate((chosen, rejected)):
+        weights[r, len(prompt) - 1 : len(prompt) - 1 + len(resp)] = 1.0
+    policy_lp, ref_lp = causal_token_logps(policy), causal_token_logps(reference).detach()
+    row_pair, row_role = torch.tensor([0, 0]), torch.tensor([0, 1])
+    ref_sums = sequence_sums(ref_lp, weights, row_pair, row_role, 1)
+    beta = 0.3
+    loss, _, _ = dtrpo_loss(policy_lp, weights, row_pair, row_role, ref_sums, torch.tensor([[6.0, 4.0]]), LossConfig(beta=beta))
+
+    def sequence_logp(model, seq, n_prompt):  # DPO's log pi(y | x), token by token
+        logps = model(seq[None], collate([plain_sample(seq)], MaskVariant.CAUSAL, cfg.block_size, 0)[1])[0].log_softmax(-1)
+        return sum(logps[j - 1, seq[j]] for j in range(n_prompt, len(seq)))
+
+    dpo_logits = (sequence_logp(policy, seqs[0], 5) - sequence_logp(reference, seqs[0], 5)) - (
+        sequence_logp(policy, seqs[1], 5) - sequence_logp(reference, seqs[1], 5))
+    dpo = -torch.nn.functional.logsigmoid(beta * dpo_logits)
+    torch.testing.assert_close(loss, dpo, rtol=1e-10, atol=1e-12)
+
+
+def test_loss_config_errors_name_the_setting():
+    with pytest.raises(ValueError, match="loss.loss_type='kto'"):
+        LossConfig(loss_type="kto")
+    with pytest.raises(ValueError, match="loss.beta"):
+        LossConfig(beta=0)
+    with pytest.raises(ValueError, match="loss.label_smoothing"):
+        LossConfig(label_smoothing=0.5)
