@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/torchrun --nproc-per-node 4 --master-port 29511 tools/demo.py
+	$(PY) tools/demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs

@@ -14,7 +14,7 @@ from dtrpo_mega.training.loop import train
 SUMMARY_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected")
 
 
-def summary(history: list[dict], window: int = 3) -> str:
+def summary(history: list[dict], window: int = 10) -> str:
     """First and last values (means over `window` logged steps) of the headline metrics."""
     first, last = history[:window], history[-window:]
     mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     history = train(load_config(args.config, args.overrides))
     if history:
-        print(f"\nsummary over {history[-1]['step']} steps (means of the first and last 3 logged steps)\n{summary(history)}", flush=True)
+        print(f"\nsummary over {history[-1]['step']} steps (means of the first and last 10 steps)\n{summary(history)}", flush=True)
     shutdown()
 
 

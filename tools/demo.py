@@ -1,109 +1,58 @@
-"""Foundation demo: a tiny block-diffusion dLLM, forward and backward at TP=2 x PP=2 on CPU ranks.
+"""`make demo`: train a tiny block-diffusion dLLM with dTRPO at TP=2 x PP=2 on 4 CPU ranks.
 
-    torchrun --nproc-per-node 4 tools/demo.py [--family fast_dllm_v2] [--steps 8]
+    python tools/demo.py [--nproc 4] [--config examples/configs/demo_tiny.yaml] [section.key=value ...]
 
-Builds one `[z~ ; y0]` batch per step (random prompts and answers, answer tokens re-masked at
-random), runs it through megatron-core's pipeline schedule with the loss in the last stage
-(masked-token cross-entropy on the noisy half, the masked-diffusion SFT objective), reduces the
-gradients and takes an AdamW step. It prints the layout, each rank's share of the model and the
-loss per step.
+Writes the synthetic counting preferences and their tokenizer once (under the config's data
+path), preprocesses them into the indexed format, removes the previous demo run's checkpoints
+and metrics, then launches `torchrun -m dtrpo_mega.train --config ...`. Metrics, the
+reward-curve PNG and checkpoints go under runs/demo/. For resumable training, run
+`python -m dtrpo_mega.train` directly (examples/train_tiny_cpu.sh).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
-from megatron.core import parallel_state
-
-from dtrpo_mega.diffusion.mask import MaskVariant, block_diffusion_sample, collate, plain_sample
-from dtrpo_mega.models.dllm import build_model
-from dtrpo_mega.models.families import model_config
-from dtrpo_mega.parallel.grads import finalize_grads
-from dtrpo_mega.parallel.runtime import ParallelConfig, initialize, shutdown
-from dtrpo_mega.training.step import MicroBatch, forward_backward
+REPO = Path(__file__).resolve().parents[1]
 
 
-def make_batch(cfg, step: int, batch_size: int, length: int) -> MicroBatch:
-    """A pure function of the step, so every rank builds the same batch."""
-    g = torch.Generator().manual_seed(step)
-    samples, targets = [], []
-    for _ in range(batch_size):
-        prompt_len = int(torch.randint(2, length // 2, (), generator=g))
-        # A learnable toy language: counting upwards (mod 64) from a random start.
-        clean = (torch.randint(0, 64, (), generator=g) + torch.arange(length)) % 64
-        masked = (torch.arange(length) >= prompt_len) & (torch.rand(length, generator=g) < 0.5)
-        noisy = torch.where(masked, cfg.mask_token_id, clean)
-        if cfg.attention == MaskVariant.BLOCK_DIFFUSION:
-            samples.append(block_diffusion_sample(noisy, clean, prompt_len, cfg.block_size))
-            start = (prompt_len // cfg.block_size) * cfg.block_size
-            scored = torch.cat([masked[start:], torch.zeros(length, dtype=torch.bool)])
-            target = torch.cat([clean[start:], clean])
-        else:
-            samples.append(plain_sample(noisy))
-            scored, target = masked, clean
-        targets.append((target, scored))
-    tokens, layout = collate(samples, cfg.attention, cfg.block_size, pad_id=0)
-    labels = torch.zeros_like(tokens)
-    scored = torch.zeros_like(tokens, dtype=torch.bool)
-    for i, (target, mask) in enumerate(targets):
-        labels[i, : target.numel()], scored[i, : mask.numel()] = target, mask
-    return MicroBatch(tokens, layout, labels, {"scored": scored})
+def prepare_data(prefix: Path, num_pairs: int = 256) -> None:
+    """The demo's data, made once: tokenizer.json, pairs.jsonl and the indexed dataset."""
+    from dtrpo_mega.data import build_preference_dataset
+    from dtrpo_mega.synthetic import write_counting_jsonl, write_tokenizer
 
-
-def masked_token_loss(mb: MicroBatch, token_ce: torch.Tensor):
-    scored = mb.extra["scored"].float()
-    count = scored.sum()
-    loss_sum = (token_ce * scored).sum()
-    # clone: the schedule divides the returned loss in place
-    return loss_sum, count.int(), {"loss_sum": loss_sum.detach().clone(), "tokens": count}
+    if prefix.with_suffix(".json").exists():
+        return
+    tokenizer = write_tokenizer(prefix.parent / "tokenizer.json")
+    jsonl = write_counting_jsonl(prefix.parent / "pairs.jsonl", num_pairs=num_pairs, length=12, errors=3, seed=0)
+    build_preference_dataset(jsonl, tokenizer, "fast_dllm_v2", prefix, max_length=64)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", default="fast_dllm_v2")
-    parser.add_argument("--tp", type=int, default=2)
-    parser.add_argument("--pp", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--micro-batches", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--length", type=int, default=32)
+    parser.add_argument("--nproc", type=int, default=4)
+    parser.add_argument("--config", default=str(REPO / "examples" / "configs" / "demo_tiny.yaml"))
+    parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    torch.set_num_threads(1)
-    rt = initialize(ParallelConfig(args.tp, args.pp), seed=1234)
-    cfg = model_config(args.family)
-    model = build_model(cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    local = sum(p.numel() for p in model.parameters())
-    shares = [None] * rt.world_size
-    dist.all_gather_object(shares, (parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_pipeline_model_parallel_rank(), local))
-    if rt.rank == 0:
-        print(f"dtrpo_mega demo: {cfg.family} (tiny) on {rt.world_size} CPU ranks, TP={rt.tp} PP={rt.pp} DP={rt.dp}, "
-              f"attention={model.decoder.layers[0].self_attention.core_attention.backend.value}, mask={cfg.attention.value}, "
-              f"block={cfg.block_size}, vocab={cfg.vocab_size} (padded {cfg.padded_vocab(rt.tp)})")
-        for rank, (tp_rank, pp_rank, n) in enumerate(shares):
-            print(f"  rank {rank}: TP rank {tp_rank}, PP stage {pp_rank}, {n:,} parameters")
+    from dtrpo_mega.config import load_config
 
-    for step in range(args.steps):
-        start = time.perf_counter()
-        batches = [make_batch(cfg, step * args.micro_batches + i, args.batch_size, args.length) for i in range(args.micro_batches)]
-        optimizer.zero_grad()
-        reports = forward_backward(model, batches, masked_token_loss)
-        finalize_grads(model)
-        optimizer.step()
-        if rt.is_last_stage and parallel_state.get_tensor_model_parallel_rank() == 0:
-            loss = sum(r["loss_sum"] for r in reports) / sum(r["tokens"] for r in reports)
-            tokens = sum(b.tokens.numel() for b in batches)
-            print(f"step {step + 1}/{args.steps}  masked-token loss {loss.item():.4f}  "
-                  f"({tokens} tokens of [z~ ; y0], {time.perf_counter() - start:.2f} s)", flush=True)
-    dist.barrier()
-    if rt.rank == 0:
-        print("demo done: forward and backward ran through megatron-core's pipeline schedule on every rank")
-    shutdown()
+    cfg = load_config(args.config, args.overrides)
+    prepare_data(Path(cfg.data.path))
+    # A demo starts afresh: the previous demo run's checkpoints and metrics go (data is kept).
+    previous = [Path(cfg.checkpoint.dir)] if cfg.checkpoint.dir else []
+    previous += [Path(cfg.logging.dir) / name for name in ("metrics.jsonl", "rewards.png")]
+    for path in filter(Path.exists, previous):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}", "-m", "dtrpo_mega.train",
+           "--config", args.config, *args.overrides]
+    print("+ " + " ".join(cmd), flush=True)
+    sys.exit(subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode)
 
 
 if __name__ == "__main__":

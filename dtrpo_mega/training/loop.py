@@ -70,6 +70,8 @@ def train(cfg: TrainConfig) -> list[dict]:
             note = "" if resumed.optimizer_restored else " (different parallel layout: weights resharded, optimizer state reset)"
             print(f"resumed from {path} at step {start}{note}", flush=True)
 
+    if start >= cfg.train.train_steps and run.runtime.rank == 0:
+        print(f"nothing to train: the checkpoint is at step {start}, train.train_steps={cfg.train.train_steps}", flush=True)
     logs_here = run.runtime.rank == run.runtime.world_size - 1
     logger = MetricsLogger(cfg.logging.dir, cfg.train.train_steps, start, cfg.to_dict(), cfg.logging.wandb_project, cfg.logging.progress_bar, cfg.logging.log_interval) if logs_here else None
     stop = StopFlag()

@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import parallel_state
+
+from common import assert_grads_match, load_weights, save_grads, save_weights
 
 from dtrpo_mega.diffusion.mask import block_diffusion_sample, collate, plain_sample
 from dtrpo_mega.models.dllm import build_model
@@ -57,28 +59,6 @@ def run(cfg, tp, pp):
     return build_model(cfg)
 
 
-def grads_as_params(model):
-    """A state dict whose tensors are the gradients (to save/load them through dist_checkpointing)."""
-    saved = {n: p.data for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.data = p.grad.clone()
-    return model.sharded_state_dict(), saved
-
-
-def save(model, path, grads=False):
-    if grads:
-        sharded, saved = grads_as_params(model)
-        dist_checkpointing.save(sharded, str(path))
-        for n, p in model.named_parameters():
-            p.data = saved[n]
-    else:
-        dist_checkpointing.save(model.sharded_state_dict(), str(path))
-
-
-def load(model, path):
-    model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), str(path)))
-
-
 def step(model):
     model.zero_grad()
     reports = forward_backward(model, micro_batches(model.dllm_config), loss_func)
@@ -91,29 +71,21 @@ def main():
     cfg = model_config(family, tie_embeddings=tying == "tied", num_layers=4)
     model = run(cfg, 1, 1)
     reference_logps = step(model)
-    if dist.get_rank() == 0:
-        (work / "weights").mkdir(), (work / "grads").mkdir()
-    dist.barrier()
-    save(model, work / "weights")
-    save(model, work / "grads", grads=True)
+    save_weights(model, work / "weights")
+    save_grads(model, work / "grads")
     assert all(r.abs().sum() > 0 for r in reference_logps)
 
     for tp, pp in LAYOUTS:
         model = run(cfg, tp, pp)
-        load(model, work / "weights")
+        load_weights(model, work / "weights")
         logps = step(model)
         if parallel_state.is_pipeline_last_stage():
             assert len(logps) == len(reference_logps)
             for got, ref in zip(logps, reference_logps):
                 torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
         reference_grads = run(cfg, tp, pp)
-        load(reference_grads, work / "grads")
-        expected = dict(reference_grads.named_parameters())
-        checked = 0
-        for name, param in model.named_parameters():
-            torch.testing.assert_close(param.grad, expected[name].data, rtol=1e-4, atol=1e-6, msg=f"TP={tp} PP={pp} {name}")
-            assert param.grad.abs().sum() > 0, f"zero gradient for {name}"
-            checked += 1
+        load_weights(reference_grads, work / "grads")
+        checked = assert_grads_match(model, reference_grads, f"TP={tp} PP={pp}")
         dist.barrier()
         if dist.get_rank() == 0:
             print(f"PARITY OK family={family} {tying} TP={tp} PP={pp} params_checked_rank0={checked}", flush=True)

@@ -1,0 +1,58 @@
+"""A tiny synthetic preference task and its tokenizer, for the demo and the tests (no hub access).
+
+Task: "count up from a :" -> "a a+1 ... a+L-1" (numbers mod 100). The chosen answer counts
+correctly; the rejected one has a few numbers replaced, so preference is verifiable and
+learnable by a tiny model. The tokenizer is a Hugging Face `tokenizer.json` (WordLevel) with the
+family's chat markers as special tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|begin_of_text|>"]
+WORDS = ["system", "user", "assistant", "count", "up", "from", ":", "<unk>"] + [str(i) for i in range(100)]
+
+
+def write_tokenizer(path: str | Path) -> Path:
+    """A WordLevel tokenizer.json over the task's words and the chat markers."""
+    from tokenizers import AddedToken, Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + WORDS)}
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = WhitespaceSplit()
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path))
+    return path
+
+
+def counting_pairs(num_pairs: int, length: int, errors: int, seed: int) -> list[dict]:
+    """TRL-format preference records (plain strings)."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for _ in range(num_pairs):
+        start = int(rng.integers(100))
+        answer = [(start + i) % 100 for i in range(length)]
+        wrong = list(answer)
+        for pos in rng.choice(length, size=errors, replace=False):
+            wrong[pos] = int((answer[pos] + rng.integers(1, 100)) % 100)
+        records.append({
+            "prompt": f"count up from {start} :",
+            "chosen": " ".join(map(str, answer)),
+            "rejected": " ".join(map(str, wrong)),
+        })
+    return records
+
+
+def write_counting_jsonl(path: str | Path, num_pairs: int, length: int = 12, errors: int = 3, seed: int = 0) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in counting_pairs(num_pairs, length, errors, seed)))
+    return path
