@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from dtrpo_mega.diffusion.scoring import Objective
-from dtrpo_mega.diffusion.trajectory import SchedulerConfig
+from dtrpo_mega.diffusion.trajectory import RevealOrder, SchedulerConfig
 from dtrpo_mega.losses.preference import LossConfig
 
 
@@ -43,6 +43,7 @@ class ParallelSection:
 class DataSection:
     path: str = ""  # prefix written by tools/preprocess_data.py
     pad_to_multiple: int = 8
+    ref_confidence: str | None = None  # tools/precompute_reference.py confidence, for scheduler.order=ref_confidence
 
 
 @dataclass
@@ -118,6 +119,8 @@ class TrainConfig:
             raise ValueError(f"train.global_batch_size={gbs} must be a multiple of train.micro_batch_size={mbs} x data-parallel size {dp}")
         if not self.data.path:
             raise ValueError("data.path is required (a prefix written by tools/preprocess_data.py)")
+        if self.scheduler.order == RevealOrder.REF_CONFIDENCE and not self.data.ref_confidence:
+            raise ValueError("scheduler.order=ref_confidence needs data.ref_confidence (tools/precompute_reference.py confidence)")
         if self.reference.mode == ReferenceMode.PRECOMPUTED and not self.reference.cache:
             raise ValueError("reference.mode=precomputed needs reference.cache")
         if self.objective.name == Objective.VRPO and self.objective.vrpo_samples < 1:

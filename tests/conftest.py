@@ -43,4 +43,17 @@ def world_of_one():
     return initialize(ParallelConfig(), seed=1234)
 
 
+@pytest.fixture(scope="session")
+def counting_data(tmp_path_factory) -> str:
+    """A 48-pair synthetic preference dataset (counting task), preprocessed for fast_dllm_v2."""
+    from dtrpo_mega.data import build_preference_dataset
+    from dtrpo_mega.synthetic import write_counting_jsonl, write_tokenizer
+
+    root = tmp_path_factory.mktemp("counting")
+    tokenizer = write_tokenizer(root / "tokenizer.json")
+    jsonl = write_counting_jsonl(root / "pairs.jsonl", num_pairs=48, length=11, errors=3, seed=0)
+    build_preference_dataset(jsonl, tokenizer, "fast_dllm_v2", root / "counting", max_length=64)
+    return str(root / "counting")
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (GPU checks run on a lent GPU)")

@@ -14,17 +14,6 @@ import torch
 
 from conftest import REPO, _free_port, run_torchrun
 from dtrpo_mega.config import load_config
-from dtrpo_mega.data import PreferenceDataset, build_preference_dataset
-from dtrpo_mega.synthetic import write_counting_jsonl, write_tokenizer
-
-
-@pytest.fixture(scope="session")
-def counting_data(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("counting")
-    tokenizer = write_tokenizer(root / "tokenizer.json")
-    jsonl = write_counting_jsonl(root / "pairs.jsonl", num_pairs=48, length=11, errors=3, seed=0)
-    build_preference_dataset(jsonl, tokenizer, "fast_dllm_v2", root / "counting", max_length=64)
-    return str(root / "counting")
 
 
 def _config(data, *overrides):

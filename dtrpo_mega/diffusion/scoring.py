@@ -22,6 +22,7 @@ import torch
 from dtrpo_mega.diffusion.mask import PackedSample, block_diffusion_sample
 from dtrpo_mega.diffusion.trajectory import (
     Remasked,
+    RevealOrder,
     SchedulerConfig,
     SchedulerMode,
     inference_aligned_steps,
@@ -59,6 +60,8 @@ def trajectory_steps(seq: SequenceSpec, model: DLLMConfig, sched: SchedulerConfi
         if seq.reveal_steps is None:
             raise ValueError(f"scheduler.mode=logged but sample {seq.index} carries no reveal steps")
         return logged_steps(seq.prompt_len, n, model.block_size, seq.reveal_steps)
+    if sched.order == RevealOrder.REF_CONFIDENCE and seq.confidence is None:
+        raise ValueError(f"scheduler.order=ref_confidence but sample {seq.index} has no reference confidences (data.ref_confidence)")
     first_own = model.logits_shift if sched.first_token_own_step is None else sched.first_token_own_step
     return inference_aligned_steps(
         seq.prompt_len, n, model.block_size, sched.sub_block_size or model.sub_block_size,

@@ -18,6 +18,7 @@ from dtrpo_mega.diffusion.mask import MaskVariant, collate
 from dtrpo_mega.diffusion.scoring import Objective, SequenceSpec, plan_rows, scoring_row
 from dtrpo_mega.diffusion.trajectory import SchedulerConfig
 from dtrpo_mega.models.config import DLLMConfig
+from dtrpo_mega.training.reference import ConfidenceTable
 from dtrpo_mega.training.step import MicroBatch
 
 
@@ -58,12 +59,14 @@ class RowBuilder:
     seed: int
     vrpo_samples: int = 8
     pad_to_multiple: int = 8
+    confidence: ConfidenceTable | None = None  # reference confidences, for order=ref_confidence
 
     def sequences(self, pair: PreferencePair) -> list[SequenceSpec]:
         out = []
         for role, response, steps in ((0, pair.chosen, pair.chosen_steps), (1, pair.rejected, pair.rejected_steps)):
             tokens = np.concatenate([pair.prompt, response]).astype(np.int64)
-            out.append(SequenceSpec(tokens, len(pair.prompt), pair.index, role, steps))
+            confidence = self.confidence.of(pair.index, role, len(pair.prompt)) if self.confidence is not None else None
+            out.append(SequenceSpec(tokens, len(pair.prompt), pair.index, role, steps, confidence))
         return out
 
     def micro_batch(self, pairs: list[PreferencePair], epoch: int) -> MicroBatch:

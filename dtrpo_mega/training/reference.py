@@ -13,6 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -54,32 +55,51 @@ def files_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def save_cache(path: str | Path, ref_sums: torch.Tensor, key: dict) -> None:
-    """ref_sums: [epochs, pairs, 2] float64, written atomically with its key."""
+def save_keyed(path: str | Path, tensors: dict[str, torch.Tensor], key: dict) -> None:
+    """safetensors file with the key that made it, written atomically."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({"ref_sums": ref_sums.contiguous()}, str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
     tmp.replace(path)
+
+
+def load_keyed(path: str | Path, expected_key: dict, what: str) -> dict[str, torch.Tensor]:
+    """The file's tensors, or an error naming every key field that differs from this run's."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist; write it with tools/precompute_reference.py")
+    with safe_open(str(path), framework="pt") as f:
+        stored = json.loads(f.metadata()["key"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    expected = json.loads(json.dumps(expected_key, sort_keys=True))
+    differing = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
+    if differing:
+        details = "; ".join(f"{k}: file {stored.get(k)!r} vs run {expected.get(k)!r}" for k in differing)
+        raise ValueError(f"{what} {path} was made for a different run ({details})")
+    return tensors
 
 
 class PrecomputedReference:
     def __init__(self, path: str | Path, expected_key: dict):
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"reference.cache={path} does not exist; write it with tools/precompute_reference.py")
-        with safe_open(str(path), framework="pt") as f:
-            stored = json.loads(f.metadata()["key"])
-            self.ref_sums = f.get_tensor("ref_sums")
-        expected = json.loads(json.dumps(expected_key, sort_keys=True))
-        differing = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
-        if differing:
-            details = "; ".join(f"{k}: cache {stored.get(k)!r} vs run {expected.get(k)!r}" for k in differing)
-            raise ValueError(f"reference cache {path} was made for a different run ({details})")
-        self.path = path
+        self.path = Path(path)
+        self.ref_sums = load_keyed(path, expected_key, "reference.cache")["ref_sums"]
 
     def attach(self, micro_batches: list[MicroBatch]) -> None:
         for mb in micro_batches:
             epoch = mb.extra["epoch"]
             if epoch >= self.ref_sums.shape[0]:
-                raise ValueError(f"reference cache {self.path} covers epochs 0..{self.ref_sums.shape[0] - 1}; training reached epoch {epoch}")
+                raise ValueError(f"reference.cache {self.path} covers epochs 0..{self.ref_sums.shape[0] - 1}; training reached epoch {epoch}")
             mb.extra["ref_sums"] = self.ref_sums[epoch, mb.extra["pair_index"]]
+
+
+class ConfidenceTable:
+    """Reference confidences of every response token (for `scheduler.order=ref_confidence`)."""
+
+    def __init__(self, path: str | Path, expected_key: dict):
+        tensors = load_keyed(path, expected_key, "data.ref_confidence")
+        self.values, self.offsets = tensors["confidence"].numpy(), tensors["offsets"].numpy()
+
+    def of(self, index: int, role: int, prompt_len: int) -> np.ndarray:
+        """Per position of the sequence (prompt positions: 0, unused)."""
+        start, stop = self.offsets[2 * index + role], self.offsets[2 * index + role + 1]
+        return np.concatenate([np.zeros(prompt_len), self.values[start:stop]])

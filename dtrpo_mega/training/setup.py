@@ -14,12 +14,13 @@ from dtrpo_mega.checkpointing import load_model, read_model_config
 from dtrpo_mega.config import ReferenceMode, TrainConfig
 from dtrpo_mega.data import PreferenceDataset, check_vocabulary
 from dtrpo_mega.diffusion.scoring import Objective
+from dtrpo_mega.diffusion.trajectory import RevealOrder
 from dtrpo_mega.models.config import DLLMConfig
 from dtrpo_mega.models.dllm import build_model
 from dtrpo_mega.models.families import model_config
 from dtrpo_mega.parallel.runtime import ParallelConfig, Runtime, initialize
 from dtrpo_mega.training.batches import DataOrder, RowBuilder
-from dtrpo_mega.training.reference import PrecomputedReference, ResidentReference, files_digest
+from dtrpo_mega.training.reference import ConfidenceTable, PrecomputedReference, ResidentReference, files_digest
 
 
 @dataclass
@@ -50,7 +51,10 @@ def setup_run(cfg: TrainConfig) -> Run:
     bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else torch.cuda.is_available()
     rows = RowBuilder(model_cfg, cfg.scheduler, cfg.objective.name, cfg.train.seed, cfg.objective.vrpo_samples, cfg.data.pad_to_multiple)
     order = DataOrder(len(dataset), cfg.train.global_batch_size, cfg.train.seed)
-    return Run(cfg, runtime, model_cfg, dataset, rows, order, torch.bfloat16 if bf16 else torch.float32)
+    run = Run(cfg, runtime, model_cfg, dataset, rows, order, torch.bfloat16 if bf16 else torch.float32)
+    if cfg.scheduler.order == RevealOrder.REF_CONFIDENCE:
+        run.rows = dataclasses.replace(rows, confidence=ConfidenceTable(cfg.data.ref_confidence, confidence_key(run)))
+    return run
 
 
 def build_policy(run: Run):
@@ -83,6 +87,14 @@ def reference_key(run: Run) -> dict:
         "model": model,
         "reference_weights": reference_weights_id(run),
     }
+
+
+def confidence_key(run: Run) -> dict:
+    """What decides the reference confidences: not the seed, scheduler or objective."""
+    key = reference_key(run)
+    for decided_elsewhere in ("seed", "scheduler", "objective", "vrpo_samples"):
+        key.pop(decided_elsewhere)
+    return key
 
 
 def build_reference_model(run: Run, policy=None):

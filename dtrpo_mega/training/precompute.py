@@ -1,0 +1,108 @@
+"""One pass of the frozen reference over the whole dataset (any parallel layout, torchrun).
+
+Two products, both keyed by what decides them and refused by training when the key differs:
+- `sums`: the reference's weighted log-prob sums per (epoch, pair, role), for
+  `reference.mode=precomputed`;
+- `confidence`: the reference's log-prob of every response token with all of its block still
+  masked (the decoder's first look at the block), for `scheduler.order=ref_confidence`. It is
+  frozen data, not a function of theta, so the ratio reduction stays exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron.core import parallel_state
+
+from dtrpo_mega.diffusion.scoring import exact_rows, logit_index, scoring_row
+from dtrpo_mega.diffusion.mask import MaskVariant, collate
+from dtrpo_mega.training.reference import ResidentReference, save_keyed
+from dtrpo_mega.training.setup import Run, build_reference_model, confidence_key, reference_key, setup_run
+from dtrpo_mega.training.step import MicroBatch, forward_backward
+
+
+def _my_pairs(run: Run) -> list[np.ndarray]:
+    """This DP rank's share of all pairs, in micro-batches."""
+    share = np.array_split(np.arange(len(run.dataset)), run.runtime.dp)[parallel_state.get_data_parallel_rank()]
+    size = run.cfg.train.micro_batch_size
+    return [share[i : i + size] for i in range(0, len(share), size)]
+
+
+def _gather_on_rank0(items: list) -> list | None:
+    """Items of the last-stage, TP-rank-0 ranks, concatenated on global rank 0."""
+    mine = items if parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0 else []
+    everyone = [None] * dist.get_world_size()
+    dist.gather_object(mine, everyone if dist.get_rank() == 0 else None, dst=0)
+    return [x for part in everyone for x in part] if dist.get_rank() == 0 else None
+
+
+def precompute_sums(run: Run, epochs: int, out) -> None:
+    reference = ResidentReference(build_reference_model(run))
+    found = []
+    for epoch in range(epochs):
+        for idx in _my_pairs(run):
+            micro = [run.rows.micro_batch([run.dataset[int(i)] for i in idx], epoch)]
+            reference.attach(micro)
+            if "ref_sums" in micro[0].extra:
+                found += [(epoch, int(i), s) for i, s in zip(idx, micro[0].extra["ref_sums"])]
+    gathered = _gather_on_rank0(found)
+    if gathered is not None:
+        sums = torch.full((epochs, len(run.dataset), 2), float("nan"), dtype=torch.float64)
+        for epoch, i, s in gathered:
+            sums[epoch, i] = s
+        if torch.isnan(sums).any():
+            raise RuntimeError("some pairs got no reference sums")
+        save_keyed(out, {"ref_sums": sums}, reference_key(run))
+    dist.barrier()
+
+
+def _token_logps_loss(mb: MicroBatch, token_ce: torch.Tensor):
+    return token_ce.sum() * 0, torch.tensor(1, dtype=torch.int), {"token_logps": -token_ce.detach().double()}
+
+
+def precompute_confidence(run: Run, out) -> None:
+    """Per response token: log pi_ref(y_i | its block fully masked, earlier blocks clean)."""
+    model = build_reference_model(run).eval()
+    model_cfg, found = run.model_config, []
+    for idx in _my_pairs(run):
+        pairs = [run.dataset[int(i)] for i in idx]
+        samples, labels, where = [], [], []
+        for pair in pairs:
+            for seq in run.rows.sequences(pair):
+                steps = np.where(np.arange(len(seq.tokens)) >= seq.prompt_len, 0, -1)
+                row = exact_rows(seq.tokens, steps, seq.prompt_len, model_cfg.block_size, model_cfg.mask_token_id)[0]
+                sample, lab, _ = scoring_row(seq.tokens, row, seq.prompt_len, model_cfg)
+                samples.append(sample), labels.append(lab), where.append(seq)
+        tokens, layout = collate(samples, MaskVariant.BLOCK_DIFFUSION, model_cfg.block_size, pad_id=model_cfg.mask_token_id)
+        padded = torch.zeros_like(tokens)
+        for r, lab in enumerate(labels):
+            padded[r, : lab.numel()] = lab
+        with torch.no_grad():
+            reports = forward_backward(model, [MicroBatch(tokens, layout, padded, {})], _token_logps_loss, forward_only=True)
+        for report in reports:
+            for r, seq in enumerate(where):
+                n = len(seq.tokens)
+                conf = [float(report["token_logps"][r, logit_index(j, n, seq.prompt_len, model_cfg.block_size, model_cfg.logits_shift)]) for j in range(seq.prompt_len, n)]
+                found.append((seq.index, seq.role, conf))
+    gathered = _gather_on_rank0(found)
+    if gathered is not None:
+        lengths = torch.zeros(len(run.dataset), 2, dtype=torch.long)
+        for i, role, conf in gathered:
+            lengths[i, role] = len(conf)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.flatten().cumsum(0)])
+        values = torch.zeros(int(offsets[-1]), dtype=torch.float64)
+        for i, role, conf in gathered:
+            start = offsets[2 * i + role]
+            values[start : start + len(conf)] = torch.tensor(conf, dtype=torch.float64)
+        save_keyed(out, {"confidence": values, "offsets": offsets}, confidence_key(run))
+    dist.barrier()
+
+
+def precompute(cfg, product: str, out, epochs: int = 1) -> None:
+    run = setup_run(cfg)
+    if product == "sums":
+        precompute_sums(run, epochs, out)
+    else:
+        precompute_confidence(run, out)
