@@ -30,7 +30,7 @@ class ModelSection:
     family: str = "fast_dllm_v2"
     size: str = "tiny"
     overrides: dict = field(default_factory=dict)  # any DLLMConfig field
-    load: str | None = None  # a converted or trained checkpoint to start from (weights only)
+    load: str | None = None  # a converted or trained checkpoint to start from; its dtrpo_model.json replaces family/size
 
 
 @dataclass

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# dTRPO training with torchrun, Megatron-LM style: one bash array per concern.
+#   bash examples/train.sh                                   # tiny model, 4 CPU ranks, TP=2 x PP=2
+#   CONFIG=examples/configs/fast_dllm_v2_7b.yaml GPUS_PER_NODE=8 NNODES=2 NODE_RANK=0 \
+#     MASTER_ADDR=host0 bash examples/train.sh train.train_steps=500
+# Extra arguments are `section.key=value` overrides of the config.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONFIG=${CONFIG:-examples/configs/demo_tiny.yaml}
+GPUS_PER_NODE=${GPUS_PER_NODE:-4}
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+MASTER_PORT=${MASTER_PORT:-29500}
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+
+DISTRIBUTED_ARGS=(
+    --nproc-per-node "$GPUS_PER_NODE"
+    --nnodes "$NNODES"
+    --node-rank "$NODE_RANK"
+    --master-addr "$MASTER_ADDR"
+    --master-port "$MASTER_PORT"
+)
+PARALLEL_ARGS=(
+    parallel.tensor_model_parallel_size="${TP:-2}"
+    parallel.pipeline_model_parallel_size="${PP:-2}"
+)
+RUN_ARGS=(
+    checkpoint.dir="${CKPT_DIR:-runs/train/checkpoints}"
+    logging.dir="${LOG_DIR:-runs/train}"
+)
+
+if [ "$CONFIG" = examples/configs/demo_tiny.yaml ]; then
+    "$PYTHON" -c "from pathlib import Path; import sys; sys.path.insert(0, 'tools'); from demo import prepare_data; prepare_data(Path('runs/demo/data/counting'))"
+fi
+exec "$PYTHON" -m torch.distributed.run "${DISTRIBUTED_ARGS[@]}" -m dtrpo_mega.train --config "$CONFIG" \
+    "${PARALLEL_ARGS[@]}" "${RUN_ARGS[@]}" "$@"
