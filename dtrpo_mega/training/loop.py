@@ -58,6 +58,11 @@ def micro_batches_of(run: Run, step: int) -> list[MicroBatch]:
 def train(cfg: TrainConfig) -> list[dict]:
     """Train; returns the logged metrics (on the logging rank; empty elsewhere)."""
     run = setup_run(cfg)
+    if run.runtime.rank == 0:
+        counts = run.dataset.metadata["counts"]
+        print(f"data {cfg.data.path}: {len(run.dataset)} pairs ({counts['read']} read at preprocessing, {counts['truncated']} truncated, "
+              f"{counts['dropped']} dropped by the over-long rule), fingerprint {run.dataset.fingerprint[:12]}; "
+              f"{run.order.steps_per_epoch} steps per epoch", flush=True)
     policy = build_policy(run)
     reference = build_reference(run, policy)
     optimizer = build_optimizer(policy, cfg.optimizer, bf16=run.dtype == torch.bfloat16)
