@@ -140,3 +140,15 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, counting_data):
     step = int(output.split("SIGTERM: saved a checkpoint at step ")[1].split()[0])
     assert (run_dir / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == f"iter_{step:07d}"
     assert max(_losses(run_dir)) == step
+
+
+@pytest.mark.slow
+def test_wandb_logs_offline_without_an_api_key(world_of_one, counting_data, tmp_path, monkeypatch):
+    from dtrpo_mega.training.loop import train
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    history = train(_config(counting_data, "train.global_batch_size=4", "train.train_steps=2", f"logging.dir={tmp_path}",
+                            "logging.wandb_project=dtrpo-test", "logging.progress_bar=false"))
+    assert [r["step"] for r in history] == [1, 2]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), "an offline wandb run with its data file"
