@@ -1,0 +1,107 @@
+"""Model weights in megatron-core dist checkpoints (torch_dist), loadable at any TP/PP layout.
+
+A checkpoint folder holds megatron-core's files plus `dtrpo_model.json`, the model's
+`DLLMConfig` (with `padded_vocab_size` fixed, so every later TP that divides it loads the same
+tensors); `extra["source"]` carries what an export to Hugging Face needs. Only tensors are
+saved: `_extra_state` objects (empty for the local spec, FP8 metadata for Transformer Engine)
+are not model weights and are left out on save and on load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch.distributed as dist
+from torch import nn
+
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
+
+from dtrpo_mega.models.config import DLLMConfig
+
+MODEL_CONFIG_FILE = "dtrpo_model.json"
+
+
+def write_model_config(cfg: DLLMConfig, ckpt_dir: str | Path) -> None:
+    if cfg.padded_vocab_size is None:
+        raise ValueError("fix padded_vocab_size before writing a checkpoint config")
+    path = Path(ckpt_dir) / MODEL_CONFIG_FILE
+    path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+
+def read_model_config(ckpt_dir: str | Path) -> DLLMConfig:
+    path = Path(ckpt_dir) / MODEL_CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a dtrpo_mega model checkpoint")
+    return DLLMConfig.from_dict(json.loads(path.read_text()))
+
+
+def _chunks(model) -> list[nn.Module]:
+    return list(model) if isinstance(model, (list, tuple)) else [model]
+
+
+def sharded_weights(model) -> dict:
+    """The model's sharded state dict without `_extra_state` objects (chunks keyed apart)."""
+    chunks = _chunks(model)
+    out = {}
+    for i, chunk in enumerate(chunks):
+        for name, value in chunk.sharded_state_dict().items():
+            if not isinstance(value, ShardedObject):
+                out[f"chunk{i}.{name}" if len(chunks) > 1 else name] = value
+    return out
+
+
+def save_model(model, ckpt_dir: str | Path, cfg: DLLMConfig | None = None) -> None:
+    """Save the weights of this rank's model chunk(s); every rank calls it."""
+    ckpt_dir = Path(ckpt_dir)
+    cfg = cfg or _chunks(model)[0].dllm_config
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    cfg = dataclasses.replace(cfg, padded_vocab_size=cfg.padded_vocab(tp))
+    if dist.get_rank() == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    dist_checkpointing.save(sharded_weights(model), str(ckpt_dir))
+    if dist.get_rank() == 0:
+        write_model_config(cfg, ckpt_dir)
+    dist.barrier()
+
+
+def global_shapes(sharded: dict) -> dict[str, tuple[int, ...]]:
+    """Sharded key -> global shape of every tensor of a sharded state dict."""
+    shapes = {}
+    for value in sharded.values():
+        pieces = value.build() if isinstance(value, ShardedTensorFactory) else [value]
+        for piece in pieces:
+            if isinstance(piece, ShardedTensor):
+                shapes[piece.key] = tuple(piece.global_shape)
+    return shapes
+
+
+def check_compatible(sharded: dict, ckpt_dir: str | Path) -> None:
+    """Raise, naming each tensor and both shapes, if the checkpoint does not fit the model."""
+    stored = {k: tuple(v.global_shape) for k, v in dist_checkpointing.load_tensors_metadata(str(ckpt_dir)).items()}
+    problems = []
+    for key, shape in sorted(global_shapes(sharded).items()):
+        if key not in stored:
+            problems.append(f"tensor {key} (model shape {shape}) is missing from the checkpoint")
+        elif stored[key] != shape:
+            problems.append(f"tensor {key}: checkpoint shape {stored[key]}, model shape {shape}")
+    if problems:
+        raise ValueError(f"checkpoint {ckpt_dir} does not fit the model:\n  " + "\n  ".join(problems))
+
+
+def load_model(model, ckpt_dir: str | Path) -> None:
+    """Load weights saved at any TP/PP layout into this rank's model chunk(s); every rank calls it."""
+    sharded = sharded_weights(model)
+    check_compatible(sharded, ckpt_dir)
+    loaded = dist_checkpointing.load(sharded, str(ckpt_dir))
+    chunks = _chunks(model)
+    for i, chunk in enumerate(chunks):
+        prefix = f"chunk{i}." if len(chunks) > 1 else ""
+        own = {k[len(prefix):]: v for k, v in loaded.items() if k.startswith(prefix)}
+        result = chunk.load_state_dict(own, strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"loading {ckpt_dir}: missing {missing}, unexpected {result.unexpected_keys}")
