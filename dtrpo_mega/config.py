@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from dtrpo_mega.data.config import DataConfig
 from dtrpo_mega.diffusion.scoring import Objective
 from dtrpo_mega.diffusion.trajectory import RevealOrder, SchedulerConfig
 from dtrpo_mega.losses.preference import LossConfig
@@ -37,13 +38,6 @@ class ModelSection:
 class ParallelSection:
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
-
-
-@dataclass
-class DataSection:
-    path: str = ""  # prefix written by tools/preprocess_data.py
-    pad_to_multiple: int = 8
-    ref_confidence: str | None = None  # tools/precompute_reference.py confidence, for scheduler.order=ref_confidence
 
 
 @dataclass
@@ -99,7 +93,7 @@ class LoggingSection:
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     parallel: ParallelSection = field(default_factory=ParallelSection)
-    data: DataSection = field(default_factory=DataSection)
+    data: DataConfig = field(default_factory=DataConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -117,8 +111,6 @@ class TrainConfig:
         gbs, mbs = self.train.global_batch_size, self.train.micro_batch_size
         if gbs % (mbs * dp):
             raise ValueError(f"train.global_batch_size={gbs} must be a multiple of train.micro_batch_size={mbs} x data-parallel size {dp}")
-        if not self.data.path:
-            raise ValueError("data.path is required (a prefix written by tools/preprocess_data.py)")
         if self.scheduler.order == RevealOrder.REF_CONFIDENCE and not self.data.ref_confidence:
             raise ValueError("scheduler.order=ref_confidence needs data.ref_confidence (tools/precompute_reference.py confidence)")
         if self.reference.mode == ReferenceMode.PRECOMPUTED and not self.reference.cache:

@@ -44,16 +44,28 @@ def world_of_one():
 
 
 @pytest.fixture(scope="session")
-def counting_data(tmp_path_factory) -> str:
-    """A 48-pair synthetic preference dataset (counting task), preprocessed for fast_dllm_v2."""
+def counting_datasets(tmp_path_factory):
+    """family -> a 48-pair synthetic preference dataset (counting task) preprocessed for it."""
     from dtrpo_mega.data import build_preference_dataset
     from dtrpo_mega.synthetic import write_counting_jsonl, write_tokenizer
 
     root = tmp_path_factory.mktemp("counting")
     tokenizer = write_tokenizer(root / "tokenizer.json")
     jsonl = write_counting_jsonl(root / "pairs.jsonl", num_pairs=48, length=11, errors=3, seed=0)
-    build_preference_dataset(jsonl, tokenizer, "fast_dllm_v2", root / "counting", max_length=64)
-    return str(root / "counting")
+    made = {}
+
+    def dataset(family: str) -> str:
+        if family not in made:
+            build_preference_dataset(jsonl, tokenizer, family, root / family, max_length=64)
+            made[family] = str(root / family)
+        return made[family]
+
+    return dataset
+
+
+@pytest.fixture(scope="session")
+def counting_data(counting_datasets) -> str:
+    return counting_datasets("fast_dllm_v2")
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (GPU checks run on a lent GPU)")

@@ -46,6 +46,13 @@ def test_remasking_is_a_pure_function_of_the_sample(world_of_one, counting_data)
     assert not same(rows_of(alone, 0), rows_of(other_epoch, 0)), "epochs should re-mask anew"
 
 
+def test_data_must_match_the_model_family(world_of_one, counting_data):
+    from dtrpo_mega.training.setup import setup_run
+
+    with pytest.raises(ValueError, match="model.family='sdar' but the data .* was rendered for 'fast_dllm_v2'"):
+        setup_run(_config(counting_data, "model.family=sdar"))
+
+
 def test_policy_and_reference_receive_identical_inputs(world_of_one, counting_data):
     from dtrpo_mega.training.loop import micro_batches_of, policy_loss
     from dtrpo_mega.training.setup import build_policy, build_reference, setup_run
@@ -78,8 +85,8 @@ def test_policy_and_reference_receive_identical_inputs(world_of_one, counting_da
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["fast_dllm_v2", "sdar"])
-def test_one_step_is_invariant_to_tp_pp_dp_and_micro_batches(tmp_path, counting_data, family):
-    output = run_torchrun("train_invariance.py", 4, counting_data, str(tmp_path), family)
+def test_one_step_is_invariant_to_tp_pp_dp_and_micro_batches(tmp_path, counting_datasets, family):
+    output = run_torchrun("train_invariance.py", 4, counting_datasets(family), str(tmp_path), family)
     for layout in ("TP=1 PP=1 DP=4 micro_batch=1", "TP=2 PP=1 DP=2 micro_batch=2", "TP=1 PP=2 DP=2 micro_batch=4",
                    "TP=2 PP=2 DP=1 micro_batch=1", "TP=2 PP=2 DP=1 micro_batch=8"):
         assert f"INVARIANT OK {layout}" in output, output[-3000:]

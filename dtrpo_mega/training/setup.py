@@ -12,7 +12,7 @@ import torch
 
 from dtrpo_mega.checkpointing import load_model, read_model_config
 from dtrpo_mega.config import ReferenceMode, TrainConfig
-from dtrpo_mega.data import PreferenceDataset, check_vocabulary
+from dtrpo_mega.data import PreferenceDataset
 from dtrpo_mega.diffusion.scoring import Objective
 from dtrpo_mega.diffusion.trajectory import RevealOrder
 from dtrpo_mega.models.config import DLLMConfig
@@ -46,8 +46,7 @@ def setup_run(cfg: TrainConfig) -> Run:
     cfg.validate(runtime.world_size)
     model_cfg = resolve_model_config(cfg)
     model_cfg.check_parallel(runtime.tp, runtime.pp)
-    dataset = PreferenceDataset.open(cfg.data.path)
-    check_vocabulary(dataset, model_cfg.vocab_size, model_cfg.mask_token_id)
+    dataset = cfg.data.open(model_cfg)
     bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else torch.cuda.is_available()
     rows = RowBuilder(model_cfg, cfg.scheduler, cfg.objective.name, cfg.train.seed, cfg.objective.vrpo_samples, cfg.data.pad_to_multiple)
     order = DataOrder(len(dataset), cfg.train.global_batch_size, cfg.train.seed)

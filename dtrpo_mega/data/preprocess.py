@@ -1,0 +1,164 @@
+"""Offline preprocessing: JSONL preference records -> tokenized, fingerprinted indexed dataset.
+
+Over-long pairs: `max_length` bounds the prompt plus the longer response. `truncate` cuts both
+responses to `max_length - len(prompt)` tokens (a cut response loses its end-of-turn token, and
+its logged steps are cut with it); `drop` skips the pair. A prompt that alone leaves no room for
+a response is an error under `truncate` (naming file, line and lengths) and is dropped under
+`drop`. Every truncated or dropped pair is counted in the metadata and the log.
+
+The fingerprint is the sha256 of the input file's bytes, the tokenizer's files and the settings
+(chat template included), so it identifies the data a reference cache or a run was made from;
+paths do not enter it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, replace
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from dtrpo_mega.data.chat import ChatEncoder, chat_template
+from dtrpo_mega.data.indexed import FORMAT, IndexedWriter, PreferencePair
+from dtrpo_mega.data.records import PreferenceRecord, read_records
+from dtrpo_mega.data.tokenizer import load_tokenizer
+from dtrpo_mega.models.families import FAMILY_TRAITS
+
+log = logging.getLogger(__name__)
+SHOWN_LOCATIONS = 5  # how many file:line examples the log gives per outcome
+
+
+class Overlong(str, Enum):
+    TRUNCATE = "truncate"
+    DROP = "drop"
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    family: str
+    max_length: int  # prompt + longer response, in tokens
+    overlong: Overlong = Overlong.TRUNCATE
+    block_size: int | None = None  # recorded for the trainer; None: the family's
+
+    def __post_init__(self):
+        if self.family not in FAMILY_TRAITS:
+            raise ValueError(f"family={self.family!r} is unknown; supported: {sorted(FAMILY_TRAITS)}")
+        if type(self.max_length) is not int or self.max_length < 2:
+            raise ValueError(f"max_length must be an integer >= 2, got {self.max_length!r}")
+        try:
+            object.__setattr__(self, "overlong", Overlong(self.overlong))
+        except ValueError:
+            raise ValueError(f"overlong={self.overlong!r}; choose from {[o.value for o in Overlong]}") from None
+        if self.block_size is None:
+            object.__setattr__(self, "block_size", FAMILY_TRAITS[self.family]["block_size"])
+        if type(self.block_size) is not int or self.block_size < 1:
+            raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
+
+    def to_dict(self) -> dict:
+        return dict(family=self.family, max_length=self.max_length, overlong=self.overlong.value,
+                    block_size=self.block_size, chat_template=chat_template(self.family).to_dict())
+
+
+def fingerprint(data_sha256: str, tokenizer_sha256: str, settings: dict) -> str:
+    payload = dict(format=FORMAT, data=data_sha256, tokenizer=tokenizer_sha256, settings=settings)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tokenize_record(record: PreferenceRecord, encoder: ChatEncoder, index: int) -> PreferencePair:
+    """Token ids of a record; logged steps must count the tokenized response, end-of-turn included."""
+    ids = {key: encoder.response(getattr(record, key), record.conversational) for key in ("chosen", "rejected")}
+    steps = {}
+    for key, response in ids.items():
+        given = getattr(record, f"{key}_steps")
+        if given is not None and len(given) != len(response):
+            raise ValueError(f"{record.where}: '{key}_steps' has {len(given)} values but the tokenized {key} response "
+                             f"has {len(response)} tokens (end-of-turn {encoder.template.end_of_turn!r} included)")
+        steps[key] = None if given is None else np.asarray(given, dtype=np.int64)
+    return PreferencePair(index, np.asarray(encoder.prompt(record.prompt), dtype=np.int64),
+                          np.asarray(ids["chosen"], dtype=np.int64), np.asarray(ids["rejected"], dtype=np.int64),
+                          steps["chosen"], steps["rejected"])
+
+
+def fit(pair: PreferencePair, settings: PreprocessSettings, where: str) -> tuple[PreferencePair | None, str]:
+    """Apply the over-long rule: (pair, "kept"), (truncated pair, "truncated") or (None, "dropped")."""
+    limit, prompt_len = settings.max_length, len(pair.prompt)
+    if prompt_len + max(len(pair.chosen), len(pair.rejected)) <= limit:
+        return pair, "kept"
+    if settings.overlong is Overlong.DROP:
+        return None, "dropped"
+    if prompt_len >= limit:
+        raise ValueError(f"{where}: the prompt alone has {prompt_len} tokens, leaving no room for a response within "
+                         f"max_length={limit}; raise max_length or use overlong=drop to skip such pairs")
+    room = limit - prompt_len
+
+    def cut(ids: np.ndarray | None) -> np.ndarray | None:
+        return None if ids is None else ids[:room]
+
+    return replace(pair, chosen=cut(pair.chosen), rejected=cut(pair.rejected), chosen_steps=cut(pair.chosen_steps),
+                   rejected_steps=cut(pair.rejected_steps)), "truncated"
+
+
+def build_preference_dataset(input_jsonl: str | Path, tokenizer_path: str | Path, family: str, output_prefix: str | Path,
+                             max_length: int, overlong: str = "truncate", block_size: int | None = None) -> dict:
+    """Tokenize `input_jsonl` into the indexed dataset at `output_prefix`; returns the counts.
+
+    Counts: `read` (non-blank lines), `kept` (written, truncated ones included), `truncated`, `dropped`.
+    """
+    settings = PreprocessSettings(family, max_length, overlong, block_size)
+    tokenizer = load_tokenizer(tokenizer_path)
+    encoder = ChatEncoder(chat_template(family), tokenizer)
+    data_sha256 = file_sha256(input_jsonl)
+    counts = dict(read=0, kept=0, truncated=0, dropped=0)
+    where_of = {"truncated": [], "dropped": []}
+    first_where, with_steps = None, False  # the first record decides whether the data carries logged steps
+    with IndexedWriter(output_prefix) as writer:
+        for record in read_records(input_jsonl):
+            counts["read"] += 1
+            has_steps = record.chosen_steps is not None
+            if first_where is None:
+                first_where, with_steps = record.where, has_steps
+            elif has_steps != with_steps:
+                raise ValueError(f"{record.where}: {'has' if has_steps else 'lacks'} logged reveal steps but the first "
+                                 f"record ({first_where}) {'does not' if has_steps else 'does'}: give them for every record or none")
+            pair, outcome = fit(tokenize_record(record, encoder, counts["kept"]), settings, record.where)
+            if outcome != "kept":
+                counts[outcome] += 1
+                if len(where_of[outcome]) < SHOWN_LOCATIONS:
+                    where_of[outcome].append(record.where)
+            if pair is not None:
+                writer.add(pair)
+                counts["kept"] += 1
+        if not counts["kept"]:
+            raise ValueError(f"{input_jsonl}: no preference pairs to write ({counts['read']} records read, "
+                             f"{counts['dropped']} dropped by max_length={max_length})")
+        settings_dict = settings.to_dict()
+        writer.commit(dict(
+            fingerprint=fingerprint(data_sha256, tokenizer.identity, settings_dict),
+            settings=settings_dict,
+            tokenizer={**tokenizer.describe(), "end_of_turn_id": encoder.end_of_turn_id},
+            source=dict(path=str(input_jsonl), sha256=data_sha256),
+            counts=counts,
+        ))
+    _log_counts(counts, where_of, settings, output_prefix)
+    return counts
+
+
+def _log_counts(counts: dict, where_of: dict, settings: PreprocessSettings, output_prefix) -> None:
+    log.info("%s: %d records read, %d pairs kept", output_prefix, counts["read"], counts["kept"])
+    for outcome, wheres in where_of.items():
+        if counts[outcome]:
+            more = ", ..." if counts[outcome] > len(wheres) else ""
+            log.warning("%s: %d of %d pairs %s by max_length=%d (overlong=%s): %s%s", output_prefix, counts[outcome],
+                        counts["read"], outcome, settings.max_length, settings.overlong.value, ", ".join(wheres), more)

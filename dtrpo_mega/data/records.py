@@ -1,0 +1,142 @@
+"""Preference records in TRL's JSONL format, parsed and checked line by line.
+
+One JSON object per line:
+- standard: `{"prompt": str, "chosen": str, "rejected": str}`;
+- conversational: `prompt` is a list of `{"role", "content"}` messages (system / user /
+  assistant), `chosen` and `rejected` are lists holding one assistant message;
+- implicit prompt (conversational, no `prompt` key): `chosen` and `rejected` hold the whole
+  conversation; the messages before their final assistant turn must agree and are the prompt.
+Optional `chosen_steps` / `rejected_steps` (both or neither) carry the `logged` trajectory: the
+reveal step of every response token, as non-negative integers. Other keys are ignored; blank
+lines are skipped. Every error starts with `file:line:`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROLES = ("system", "user", "assistant")
+RESPONSES = ("chosen", "rejected")
+MAX_STEP = 2**31  # steps are stored as int32
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+Prompt = str | tuple[Message, ...]
+
+
+@dataclass(frozen=True)
+class PreferenceRecord:
+    where: str  # "file:line", the prefix of every error about this record
+    prompt: Prompt
+    chosen: str  # response text (the assistant message's content in the conversational form)
+    rejected: str
+    chosen_steps: tuple[int, ...] | None = None
+    rejected_steps: tuple[int, ...] | None = None
+
+    @property
+    def conversational(self) -> bool:
+        return not isinstance(self.prompt, str)
+
+
+def read_records(path: str | Path) -> Iterator[PreferenceRecord]:
+    with open(path, "rb") as file:
+        for number, raw in enumerate(file, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{where}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+            if line.strip():
+                yield parse_record(line, where)
+
+
+def parse_record(line: str, where: str) -> PreferenceRecord:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: malformed JSON: {err.msg} at column {err.colno}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected a JSON object with 'prompt', 'chosen' and 'rejected', got {type(obj).__name__}")
+    for key in RESPONSES:
+        if key not in obj:
+            raise ValueError(f"{where}: missing key {key!r} (a record needs 'prompt', 'chosen' and 'rejected')")
+    if "prompt" in obj:
+        prompt, chosen, rejected = obj["prompt"], obj["chosen"], obj["rejected"]
+    elif isinstance(obj["chosen"], list) and isinstance(obj["rejected"], list):
+        prompt, chosen, rejected = _split_implicit_prompt(obj["chosen"], obj["rejected"], where)
+    else:
+        raise ValueError(f"{where}: missing key 'prompt' (a record needs 'prompt', 'chosen' and 'rejected')")
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError(f"{where}: 'prompt' is empty")
+        responses = [_plain_response(value, key, where) for key, value in zip(RESPONSES, (chosen, rejected), strict=True)]
+    elif isinstance(prompt, list):
+        if not prompt:
+            raise ValueError(f"{where}: 'prompt' is an empty list of messages")
+        prompt = tuple(_message(m, f"prompt[{i}]", where) for i, m in enumerate(prompt))
+        responses = [_chat_response(value, key, where) for key, value in zip(RESPONSES, (chosen, rejected), strict=True)]
+    else:
+        raise ValueError(f"{where}: 'prompt' must be a string or a list of messages, got {type(prompt).__name__}")
+    return PreferenceRecord(where, prompt, *responses, *_steps(obj, where))
+
+
+def _split_implicit_prompt(chosen: list, rejected: list, where: str) -> tuple[list, list, list]:
+    if min(len(chosen), len(rejected)) < 2 or chosen[:-1] != rejected[:-1]:
+        raise ValueError(f"{where}: no 'prompt' key, and 'chosen' and 'rejected' do not share the messages before "
+                         "their final assistant turn (implicit-prompt form)")
+    return chosen[:-1], chosen[-1:], rejected[-1:]
+
+
+def _message(value, name: str, where: str) -> Message:
+    if not (isinstance(value, dict) and isinstance(value.get("role"), str) and isinstance(value.get("content"), str)):
+        raise ValueError(f"{where}: {name} must be a message {{'role': str, 'content': str}}, got {value!r:.80}")
+    if value["role"] not in ROLES:
+        raise ValueError(f"{where}: {name} has role {value['role']!r}; supported roles: {list(ROLES)}")
+    return Message(value["role"], value["content"])
+
+
+def _plain_response(value, key: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: '{key}' must be a string when 'prompt' is a string, got {type(value).__name__}")
+    return _nonempty(value, key, where)
+
+
+def _chat_response(value, key: str, where: str) -> str:
+    if not (isinstance(value, list) and len(value) == 1):
+        raise ValueError(f"{where}: '{key}' must be a list holding one assistant message when 'prompt' is a list of messages")
+    message = _message(value[0], f"{key}[0]", where)
+    if message.role != "assistant":
+        raise ValueError(f"{where}: {key}[0] must have role 'assistant', got {message.role!r}")
+    return _nonempty(message.content, key, where)
+
+
+def _nonempty(text: str, key: str, where: str) -> str:
+    if not text.strip():
+        raise ValueError(f"{where}: '{key}' is an empty response")
+    return text
+
+
+def _steps(obj: dict, where: str) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    keys = [f"{key}_steps" for key in RESPONSES]
+    given = [obj.get(key) is not None for key in keys]
+    if any(given) and not all(given):
+        have, lack = (keys[0], keys[1]) if given[0] else (keys[1], keys[0])
+        raise ValueError(f"{where}: {have!r} is given but {lack!r} is not; logged reveal steps need both")
+    if not all(given):
+        return None, None
+    out = []
+    for key in keys:
+        value = obj[key]
+        if not (isinstance(value, list) and all(type(s) is int and 0 <= s < MAX_STEP for s in value)):
+            raise ValueError(f"{where}: {key!r} must be a list of non-negative integers below {MAX_STEP}, "
+                             "one reveal step per response token")
+        out.append(tuple(value))
+    return out[0], out[1]
