@@ -20,25 +20,24 @@ def fused_attention_only(monkeypatch):
     monkeypatch.setenv("NVTE_FUSED_ATTN", "1")
 
 
+def assert_backend_matches_local(family, backend, dtype):
+    """Logits and every gradient of `backend` against `local`, same weights and inputs."""
+    out = _backend_outputs(family, ("local", backend), device="cuda", dtype=dtype)
+    torch.testing.assert_close(out[backend][0], out["local"][0], **TOL[dtype])
+    for name, grad in out["local"][1].items():
+        torch.testing.assert_close(out[backend][1][name].float(), grad.float(), **TOL[dtype], msg=name)
+
+
 @pytest.mark.parametrize("family", ["sdar", "llada"])
 def test_te_matches_local_fp32(world_of_one, family):
-    out = _backend_outputs(family, ("local", "te"), device="cuda", dtype=torch.float32)
-    torch.testing.assert_close(out["te"][0], out["local"][0], **TOL[torch.float32])
-    for name, grad in out["local"][1].items():
-        torch.testing.assert_close(out["te"][1][name], grad, **TOL[torch.float32], msg=name)
+    assert_backend_matches_local(family, "te", torch.float32)
 
 
 @pytest.mark.parametrize("family", ["sdar", "llada"])
 def test_te_fused_attention_takes_the_bias_mask_bf16(world_of_one, fused_attention_only, family):
-    out = _backend_outputs(family, ("local", "te"), device="cuda", dtype=torch.bfloat16)
-    torch.testing.assert_close(out["te"][0], out["local"][0], **TOL[torch.bfloat16])
-    for name, grad in out["local"][1].items():
-        torch.testing.assert_close(out["te"][1][name].float(), grad.float(), **TOL[torch.bfloat16], msg=name)
+    assert_backend_matches_local(family, "te", torch.bfloat16)
 
 
 @pytest.mark.parametrize("family", ["sdar", "dream"])
 def test_compiled_flex_matches_local_with_gradients(world_of_one, family):
-    out = _backend_outputs(family, ("local", "flex"), device="cuda", dtype=torch.float32)
-    torch.testing.assert_close(out["flex"][0], out["local"][0], **TOL[torch.float32])
-    for name, grad in out["local"][1].items():
-        torch.testing.assert_close(out["flex"][1][name], grad, **TOL[torch.float32], msg=name)
+    assert_backend_matches_local(family, "flex", torch.float32)
