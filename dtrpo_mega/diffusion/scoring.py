@@ -29,7 +29,6 @@ from dtrpo_mega.diffusion.trajectory import (
     logged_steps,
     remask_at_sampled_steps,
     remask_random,
-    response_blocks,
     sample_rng,
 )
 from dtrpo_mega.models.config import DLLMConfig
@@ -85,19 +84,18 @@ def plan_rows(seq: SequenceSpec, model: DLLMConfig, sched: SchedulerConfig, obje
     steps = trajectory_steps(seq, model, sched, rng)
     if objective == Objective.DTRPO:
         return [remask_at_sampled_steps(tokens, steps, p, k, mask, sched, rng)]
-    return exact_rows(tokens, steps, p, k, mask)
+    return exact_rows(tokens, steps, mask)
 
 
-def exact_rows(tokens: np.ndarray, steps: np.ndarray, prompt_len: int, block_size: int, mask_id: int) -> list[Remasked]:
-    """Row s: each block at the state before its step s, scoring that step with weight 1."""
-    blocks = response_blocks(prompt_len, len(tokens), block_size)
-    rows = []
+def exact_rows(tokens: np.ndarray, steps: np.ndarray, mask_id: int) -> list[Remasked]:
+    """Row s: each block at the state before its step s (steps: per position, -1 for the prompt),
+    scoring that step with weight 1."""
+    rows, response = [], steps >= 0
     for s in range(int(steps.max()) + 1):
         noisy, weights = tokens.copy(), np.zeros(len(tokens))
-        response = steps >= 0
         noisy[response & (steps >= s)] = mask_id
         weights[response & (steps == s)] = 1.0
-        rows.append(Remasked(noisy, weights, len(blocks)))
+        rows.append(Remasked(noisy, weights))
     return rows
 
 

@@ -129,7 +129,6 @@ class Remasked:
 
     noisy: np.ndarray  # z~: tokens, [M] where re-masked
     weights: np.ndarray  # per position: weight in the estimate (0 = not scored)
-    blocks: int  # number of blocks with response tokens
 
 
 def steps_per_block(steps: np.ndarray, prompt_len: int, block_size: int) -> list[int]:
@@ -147,7 +146,7 @@ def remask_at_steps(tokens: np.ndarray, steps: np.ndarray, prompt_len: int, bloc
         scored = idx[steps[idx] == s]
         weight = num_steps if cfg.step_weight == StepWeight.EXPLICIT else 1.0
         weights[scored] = weight / (len(scored) if cfg.reduction == Reduction.MEAN else 1)
-    return Remasked(noisy, weights, len(blocks))
+    return Remasked(noisy, weights)
 
 
 def remask_at_sampled_steps(tokens: np.ndarray, steps: np.ndarray, prompt_len: int, block_size: int, mask_id: int, cfg: SchedulerConfig, rng: np.random.Generator) -> Remasked:
@@ -167,4 +166,4 @@ def remask_random(tokens: np.ndarray, prompt_len: int, block_size: int, mask_id:
         masked = idx[rng.random(len(idx)) < t]
         noisy[masked] = mask_id
         weights[masked] = 1.0 / t / (max(len(masked), 1) if cfg.reduction == Reduction.MEAN else 1)
-    return Remasked(noisy, weights, len(blocks))
+    return Remasked(noisy, weights)

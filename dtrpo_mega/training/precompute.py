@@ -72,7 +72,7 @@ def precompute_confidence(run: Run, out) -> None:
         for pair in pairs:
             for seq in run.rows.sequences(pair):
                 steps = np.where(np.arange(len(seq.tokens)) >= seq.prompt_len, 0, -1)
-                row = exact_rows(seq.tokens, steps, seq.prompt_len, model_cfg.block_size, model_cfg.mask_token_id)[0]
+                row = exact_rows(seq.tokens, steps, model_cfg.mask_token_id)[0]
                 sample, lab, _ = scoring_row(seq.tokens, row, seq.prompt_len, model_cfg)
                 samples.append(sample), labels.append(lab), where.append(seq)
         tokens, layout = collate(samples, MaskVariant.BLOCK_DIFFUSION, model_cfg.block_size, pad_id=model_cfg.mask_token_id)
