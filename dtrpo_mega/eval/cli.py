@@ -1,0 +1,43 @@
+"""Command-line options shared by tools/generate.py and tools/evaluate.py: model and decoding."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+
+from dtrpo_mega.diffusion.sampler import DecodeConfig, Sampler
+from dtrpo_mega.eval.model import PromptRenderer, load_for_decoding
+
+
+def add_decoder_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", required=True, help="dtrpo checkpoint (model folder / iter_* / training root) or Hugging Face folder")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer.json, tokenizer.model, or a folder holding one")
+    parser.add_argument("--threshold", type=float, default=0.9, help="reveal every position above this confidence")
+    parser.add_argument("--tokens-per-step", type=int, help="fixed reveals per step instead of the threshold (SDAR, LLaDA)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--plain", action="store_true", help="render text prompts without the chat template's turns")
+    parser.add_argument("--mask-token-id", type=int, help="Hugging Face source only: mask token id when config.json has none")
+
+
+@dataclass
+class Decoder:
+    sampler: Sampler
+    renderer: PromptRenderer
+    generator: torch.Generator
+    batch_size: int
+
+
+def build_decoder(args: argparse.Namespace) -> Decoder:
+    options = {} if args.mask_token_id is None else {"mask_token_id": args.mask_token_id}
+    model = load_for_decoding(args.ckpt, args.dtype, **options)
+    cfg = model.dllm_config
+    renderer = PromptRenderer.for_family(cfg.family, args.tokenizer, plain=args.plain)
+    decode = DecodeConfig(args.max_new_tokens, args.threshold, args.tokens_per_step, args.temperature, renderer.end_of_turn_id)
+    sampler = Sampler(model, cfg, decode, next(model.parameters()).device)
+    return Decoder(sampler, renderer, torch.Generator().manual_seed(args.seed), args.batch_size)

@@ -1,0 +1,176 @@
+"""Decoders: first call equals the training forward, reveal order, block confinement, stopping, logged replay."""
+
+import numpy as np
+import pytest
+import torch
+
+from dtrpo_mega.diffusion.mask import MaskVariant, collate, plain_sample
+from dtrpo_mega.diffusion.sampler import DecodeConfig, Sampler
+from dtrpo_mega.diffusion.scoring import Objective, SequenceSpec, plan_rows
+from dtrpo_mega.diffusion.trajectory import SchedulerConfig, response_blocks
+from dtrpo_mega.models.dllm import build_model
+from dtrpo_mega.models.families import model_config
+
+EOT = 7
+_MODELS = {}
+
+
+def _model(family):
+    if family not in _MODELS:
+        torch.manual_seed(0)
+        _MODELS[family] = build_model(model_config(family)).eval()
+    return _MODELS[family]
+
+
+class Recorder:
+    """Wraps a model; keeps every call's inputs and logits, optionally boosting one token."""
+
+    def __init__(self, model, boost: int | None = None):
+        self.model, self.boost, self.calls = model, boost, []
+
+    def __call__(self, tokens, layout):
+        logits = self.model(tokens, layout)
+        if self.boost is not None:
+            logits = logits.clone()
+            logits[..., self.boost] += 100.0
+        self.calls.append((tokens.clone(), layout, logits.detach().clone()))
+        return logits
+
+
+def _prompt(n, seed):
+    return torch.randint(0, 200, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _run(family, prompts, boost=None, **decode):
+    model = _model(family)
+    recorder = Recorder(model, boost)
+    sampler = Sampler(recorder, model.dllm_config, DecodeConfig(**decode))
+    generations, stats = sampler.generate(prompts, torch.Generator().manual_seed(0))
+    return model.dllm_config, generations, stats, recorder.calls
+
+
+def _confidence(logits, cfg):
+    probs = torch.softmax(logits[..., : cfg.vocab_size].float(), -1)
+    probs[..., cfg.mask_token_id] = 0.0
+    return probs.max(-1)
+
+
+@pytest.mark.parametrize("family", ["fast_dllm_v2", "sdar", "llada", "dream"])
+def test_first_call_equals_training_forward(world_of_one, family):
+    prompts = [_prompt(5, 1), _prompt(8, 2)]
+    cfg, _, _, calls = _run(family, prompts, max_new_tokens=12)
+    tokens, _, logits = calls[0]
+    model, k = _model(family), cfg.block_size
+    for row, prompt in enumerate(prompts):
+        end = len(prompt) + 12 if cfg.attention == MaskVariant.BIDIRECTIONAL else (len(prompt) // k + 1) * k
+        context = torch.tensor(prompt + [cfg.mask_token_id] * (end - len(prompt)))
+        ref_tokens, ref_layout = collate([plain_sample(context)], cfg.attention, k, pad_id=0)
+        with torch.no_grad():
+            ref = model(ref_tokens, ref_layout)[0]
+        assert torch.equal(tokens[row, :end], context)
+        torch.testing.assert_close(logits[row, :end], ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["fast_dllm_v2", "sdar", "llada"])
+def test_threshold_one_reveals_one_token_per_step_by_confidence(world_of_one, family):
+    prompt = _prompt(5, 3)
+    cfg, (gen,), stats, calls = _run(family, [prompt], threshold=1.0, max_new_tokens=14)
+    p, shift = len(prompt), int(cfg.logits_shift)
+    assert sorted(gen.reveal_steps) == list(range(len(gen.tokens))) == list(range(len(calls)))
+    assert stats.tokens_per_forward == 1.0
+    steps = np.asarray(gen.reveal_steps)
+    for s, (tokens, _, logits) in enumerate(calls):
+        pos = p + int(np.flatnonzero(steps == s)[0])
+        if shift and pos % cfg.block_size == 0:
+            continue  # a block's first token: its own forced step
+        conf, argmax = _confidence(logits[0], cfg)
+        sub = pos // cfg.sub_block_size
+        block_stop = (pos // cfg.block_size + 1) * cfg.block_size
+        masked = [q for q in range(p, min(block_stop, p + len(steps))) if steps[q - p] >= s and q // cfg.sub_block_size == sub]
+        best = max(masked, key=lambda q: float(conf[q - shift]))
+        assert best == pos, f"step {s}: revealed {pos}, most confident masked position is {best}"
+        assert gen.tokens[pos - p] == int(argmax[pos - shift])
+
+
+@pytest.mark.parametrize("family,decode", [("fast_dllm_v2", dict(threshold=1.0)), ("fast_dllm_v2", dict(tokens_per_step=3)),
+                                           ("sdar", dict(tokens_per_step=2)), ("llada", dict(tokens_per_step=3))])
+def test_reveals_stay_in_the_current_block_and_sub_block(world_of_one, family, decode):
+    prompt = _prompt(5, 4)
+    cfg, (gen,), _, calls = _run(family, [prompt], max_new_tokens=19, **decode)
+    p, k, sub = len(prompt), cfg.block_size, cfg.sub_block_size
+    steps = np.asarray(gen.reveal_steps)
+    positions = np.arange(p, p + len(steps))
+    for s, (tokens, layout, _) in enumerate(calls):
+        revealed = positions[steps == s]
+        assert len(revealed) >= 1 and len(set(revealed // k)) == 1 and len(set(revealed // sub)) == 1
+        earlier_unfinished = positions[(positions // k < revealed[0] // k) & (steps > s)]
+        assert len(earlier_unfinished) == 0
+        if cfg.attention == MaskVariant.BLOCK_DIFFUSION:  # the decoder sees nothing past the current block
+            assert int((layout.segments[0] > 0).sum()) == min((revealed[0] // k + 1) * k, p + 19)
+    for block in response_blocks(p, p + len(steps), k):
+        idx = np.asarray(block) - p
+        later = steps[idx.max() + 1 :]
+        assert later.size == 0 or steps[idx].max() < later.min()
+
+
+@pytest.mark.parametrize("family", ["fast_dllm_v2", "sdar", "llada", "dream"])
+def test_stops_at_end_of_turn(world_of_one, family):
+    prompts = [_prompt(5, 5), _prompt(9, 6)]
+    cfg, gens, stats, calls = _run(family, prompts, boost=EOT, max_new_tokens=40, end_of_turn_id=EOT)
+    for gen in gens:
+        assert gen.ended and gen.tokens == [EOT] and len(gen.reveal_steps) == 1
+    assert len(calls) <= 2 * cfg.block_size // cfg.sub_block_size + 1  # one block's worth, not 40 tokens'
+
+
+def test_batch_equals_one_by_one_and_temperature_is_seeded(world_of_one):
+    prompts = [_prompt(3, 7), _prompt(10, 8), _prompt(6, 9)]
+    _, batch, stats, _ = _run("fast_dllm_v2", prompts, tokens_per_step=2, max_new_tokens=11)
+    alone = [_run("fast_dllm_v2", [p], tokens_per_step=2, max_new_tokens=11)[1][0] for p in prompts]
+    assert [g.tokens for g in batch] == [g.tokens for g in alone]
+    assert [g.reveal_steps for g in batch] == [g.reveal_steps for g in alone]
+    assert stats.new_tokens == 33 and stats.tokens_per_forward > 1.0
+    sampled = [_run("sdar", prompts[:1], temperature=1.0, max_new_tokens=12)[1][0].tokens for _ in range(2)]
+    greedy = _run("sdar", prompts[:1], max_new_tokens=12)[1][0].tokens
+    assert sampled[0] == sampled[1] != greedy
+
+
+@pytest.mark.parametrize("family", ["fast_dllm_v2", "llada"])
+def test_logged_trajectory_replays_reveal_order(world_of_one, family):
+    prompt = _prompt(6, 10)
+    cfg, (gen,), _, _ = _run(family, [prompt], tokens_per_step=2, max_new_tokens=17)
+    tokens = np.asarray(prompt + gen.tokens)
+    spec = SequenceSpec(tokens, len(prompt), index=0, role=0, reveal_steps=np.asarray(gen.reveal_steps))
+    rows = plan_rows(spec, cfg, SchedulerConfig(mode="logged"), Objective.EXACT_TRAJECTORY, seed=0, epoch=0)
+    steps = np.concatenate([np.full(len(prompt), -1), gen.reveal_steps])
+    for block in response_blocks(len(prompt), len(tokens), cfg.block_size):
+        idx = np.asarray(block)
+        for s, logged in enumerate(np.unique(steps[idx])):
+            scored = idx[rows[s].weights[idx] > 0]
+            assert scored.tolist() == idx[steps[idx] == logged].tolist()
+            still_masked = idx[rows[s].noisy[idx] == cfg.mask_token_id]
+            assert still_masked.tolist() == idx[steps[idx] >= logged].tolist()
+
+
+def test_generate_tool_records_logged_steps(world_of_one, tmp_path, capsys):
+    import importlib.util
+    import json
+
+    from dtrpo_mega.checkpointing import save_model
+    from dtrpo_mega.synthetic import write_tokenizer
+
+    save_model(_model("fast_dllm_v2"), tmp_path / "iter_0000001" / "model")
+    tokenizer = write_tokenizer(tmp_path / "tokenizer.json")
+    spec = importlib.util.spec_from_file_location("generate_tool", "tools/generate.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "traj.jsonl"
+    rc = tool.main(["--ckpt", str(tmp_path / "iter_0000001"), "--tokenizer", str(tokenizer), "--prompt", "count up from 5 :",
+                    "--prompt", "count up from 17 :", "--max-new-tokens", "10", "--tokens-per-step", "2",
+                    "--record-trajectory", str(out)])
+    assert rc == 0 and "tokens/forward" in capsys.readouterr().out
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2 and records[0]["prompt"] == "count up from 5 :"
+    for record in records:
+        assert len(record["steps"]) == len(record["response_ids"]) == 10
+        _, per_step = np.unique(record["steps"], return_counts=True)
+        assert per_step.max() <= 2 and len(per_step) >= 5  # --tokens-per-step 2

@@ -1,0 +1,58 @@
+"""Evaluate a dLLM checkpoint on local JSONL tasks: exact match (numeric, multiple choice) and code pass@1.
+
+  python tools/evaluate.py --ckpt CKPT --tokenizer TOK --tasks gsm8k.jsonl [--tasks mbpp.jsonl ...]
+                           [--out results.json] [--limit N] [--code-timeout 10] [--code-memory-mb 1024]
+                           [decoding options as in tools/generate.py]
+
+Each task file is one task, named by its file name; its line format is in dtrpo_mega/eval/tasks.py.
+Generated code runs in the sandbox of dtrpo_mega/eval/executor.py (read its isolation notes).
+Prints a table and writes the scores, every response and the decoding settings to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dtrpo_mega.eval import Limits, read_examples, run_task, table, write_json
+    from dtrpo_mega.eval.cli import add_decoder_options, build_decoder
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_decoder_options(parser)
+    parser.add_argument("--tasks", action="append", required=True, help="task JSONL file (repeatable)")
+    parser.add_argument("--out", default="eval_results.json", help="JSON results file")
+    parser.add_argument("--limit", type=int, help="first N examples of each task")
+    parser.add_argument("--code-timeout", type=float, default=10.0, help="wall-clock seconds per code run")
+    parser.add_argument("--code-memory-mb", type=int, default=1024, help="address-space limit per code run")
+    args = parser.parse_args(argv)
+    limits = Limits(wall_seconds=args.code_timeout, cpu_seconds=max(1, int(args.code_timeout)), memory_bytes=args.code_memory_mb << 20)
+    try:
+        tasks = {Path(t).stem: read_examples(t)[: args.limit] for t in args.tasks}
+        decoder = build_decoder(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    totals = {"new_tokens": 0, "forward_passes": 0, "seconds": 0.0}
+
+    def respond(prompts):
+        generations, stats = decoder.sampler.generate([decoder.renderer.ids(p) for p in prompts], decoder.generator)
+        for key in totals:
+            totals[key] += getattr(stats, key)
+        return [decoder.renderer.text(g.tokens) for g in generations]
+
+    results = [run_task(name, examples, respond, decoder.batch_size, limits) for name, examples in tasks.items()]
+    print(table(results))
+    speed = dict(tokens_per_forward=totals["new_tokens"] / max(totals["forward_passes"], 1),
+                 tokens_per_second=totals["new_tokens"] / max(totals["seconds"], 1e-9))
+    print(f"{speed['tokens_per_forward']:.2f} tokens/forward, {speed['tokens_per_second']:.1f} tokens/s")
+    settings = {k: v for k, v in vars(args).items() if k != "tasks"}
+    write_json(args.out, results, {"settings": settings, "tasks": args.tasks, **totals, **speed})
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Generate with a trained dLLM: block diffusion or semi-autoregressive decoding (method doc section 5).
+
+  python tools/generate.py --ckpt CKPT --tokenizer TOK (--prompt TEXT ... | --prompts FILE.jsonl)
+                           [--threshold 0.9] [--tokens-per-step K] [--temperature 0] [--max-new-tokens 256]
+                           [--batch-size 8] [--seed 0] [--plain] [--record-trajectory OUT.jsonl]
+
+CKPT: a model folder, a training checkpoint (iter_*), a training root, or a Hugging Face folder
+(imported to a temporary folder first; --mask-token-id when its config.json has none). A JSONL
+line holds `prompt` (text, or chat messages). A text prompt is rendered as one user turn, or
+after BOS only with --plain.
+--record-trajectory writes one line per generation: prompt, response text, `response_ids` and
+`steps` (each response token's reveal step, end-of-turn included: a `chosen_steps` /
+`rejected_steps` list), `ended`, and `retokenizes` (the response text tokenizes back to exactly
+`response_ids`; only then do the steps line up with a preprocessed copy of the text).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _prompts(args) -> list:
+    from dtrpo_mega.data import Message
+
+    if args.prompts:
+        lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()
+        raw = [json.loads(line)["prompt"] for line in lines if line.strip()]
+    else:
+        raw = args.prompt
+    return [p if isinstance(p, str) else tuple(Message(m["role"], m["content"]) for m in p) for p in raw]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dtrpo_mega.eval.cli import add_decoder_options, build_decoder
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_decoder_options(parser)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    source.add_argument("--prompts", help="JSONL file with a `prompt` per line")
+    parser.add_argument("--record-trajectory", help="JSONL file for generations with their reveal steps")
+    args = parser.parse_args(argv)
+    try:
+        prompts = _prompts(args)
+        decoder = build_decoder(args)
+    except (ValueError, FileNotFoundError, KeyError, json.JSONDecodeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    renderer, records, tokens, passes, seconds = decoder.renderer, [], 0, 0, 0.0
+    for start in range(0, len(prompts), decoder.batch_size):
+        batch = prompts[start : start + decoder.batch_size]
+        generations, stats = decoder.sampler.generate([renderer.ids(p) for p in batch], decoder.generator)
+        tokens, passes, seconds = tokens + stats.new_tokens, passes + stats.forward_passes, seconds + stats.seconds
+        for prompt, gen in zip(batch, generations):
+            text = renderer.text(gen.tokens)
+            print(f"=== {prompt if isinstance(prompt, str) else prompt[-1].content}\n{text}\n")
+            conversational = not (isinstance(prompt, str) and args.plain)
+            records.append(dict(prompt=prompt if isinstance(prompt, str) else [vars(m) for m in prompt], response=text,
+                                response_ids=gen.tokens, steps=gen.reveal_steps, ended=gen.ended,
+                                retokenizes=renderer.encoder.response(text, conversational) == gen.tokens))
+    print(f"{tokens} tokens, {passes} forward passes: {tokens / max(passes, 1):.2f} tokens/forward, "
+          f"{tokens / max(seconds, 1e-9):.1f} tokens/s")
+    if args.record_trajectory:
+        with open(args.record_trajectory, "w", encoding="utf-8") as out:
+            out.writelines(json.dumps(r) + "\n" for r in records)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
