@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dtrpo_mega.convert.formats import FORMATS  # noqa: E402
 from dtrpo_mega.models.families import FAMILY_TRAITS  # noqa: E402

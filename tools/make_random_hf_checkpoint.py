@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dtrpo_mega.convert.hf_io import TORCH_DTYPES, PlannedTensor, SafetensorsWriter, dtype_name  # noqa: E402
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dtrpo_mega.data import Overlong, PreferenceDataset, build_preference_dataset  # noqa: E402
 from dtrpo_mega.data.chat import FAMILY_CHAT_TEMPLATES  # noqa: E402

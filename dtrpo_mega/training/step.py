@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
-import torch
 from torch import Tensor
 
 from megatron.core.pipeline_parallel import get_forward_backward_func
