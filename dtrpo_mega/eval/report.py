@@ -27,7 +27,7 @@ class TaskResult:
 
     @property
     def metric(self) -> str:
-        return "pass@1" if self.kind == "code" else "exact_match"
+        return {"code": "pass@1", "preference": "pairwise_accuracy"}.get(self.kind, "exact_match")
 
 
 def table(results: list[TaskResult]) -> str:
