@@ -106,6 +106,13 @@ def set_seeds(seed: int) -> None:
         cpu_shims.install(seed, tp_rank)
 
 
+def comm_device() -> torch.device:
+    """Where the tensors of small collectives (flags, metric sums) live: the GPU under NCCL."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def shutdown() -> None:
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()

@@ -19,6 +19,7 @@ from megatron.core import parallel_state
 
 from dtrpo_mega.config import TrainConfig
 from dtrpo_mega.losses.preference import LossConfig, dtrpo_loss
+from dtrpo_mega.parallel.runtime import comm_device
 from dtrpo_mega.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dtrpo_mega.training.metrics import MetricsLogger, reduce_reports
 from dtrpo_mega.training.optim import build_optimizer, lr_at
@@ -43,9 +44,9 @@ class StopFlag:
         self.requested = True
 
     def agreed(self) -> bool:
-        flag = torch.tensor(int(self.requested))
+        flag = torch.tensor(int(self.requested), device=comm_device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag)
+        return bool(flag.item())
 
 
 def micro_batches_of(run: Run, step: int) -> list[MicroBatch]:
@@ -93,7 +94,7 @@ def train(cfg: TrainConfig) -> list[dict]:
         elapsed = time.perf_counter() - t0
         if parallel_state.is_pipeline_last_stage():
             metrics = reduce_reports(reports)
-            tokens = torch.tensor(float(sum(mb.tokens.numel() for mb in micro)))
+            tokens = torch.tensor(float(sum(mb.tokens.numel() for mb in micro)), device=comm_device())
             dist.all_reduce(tokens, group=parallel_state.get_data_parallel_group())
             metrics.update(grad_norm=grad_norm, lr=lr, pairs_per_s=cfg.train.global_batch_size / elapsed, tokens_per_s=float(tokens) / elapsed)
             if logger is not None:

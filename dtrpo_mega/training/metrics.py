@@ -20,15 +20,16 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from dtrpo_mega.losses.preference import METRICS
+from dtrpo_mega.parallel.runtime import comm_device
 
 SUMMED = (*METRICS, "pairs", "scored_tokens")
 
 
 def reduce_reports(reports: list[dict]) -> dict[str, float]:
     """Per-pair means of the last stage's summed reports, over micro-batches and DP ranks."""
-    totals = torch.tensor([[float(r[k]) for k in SUMMED] for r in reports], dtype=torch.float64).sum(0)
+    totals = torch.tensor([[float(r[k]) for k in SUMMED] for r in reports], dtype=torch.float64, device=comm_device()).sum(0)
     dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
-    values = dict(zip(SUMMED, totals.tolist()))
+    values = dict(zip(SUMMED, totals.cpu().tolist()))
     pairs = values.pop("pairs")
     out = {k: values[k] / pairs for k in METRICS}
     out["scored_tokens"] = values["scored_tokens"]
