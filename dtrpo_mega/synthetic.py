@@ -56,3 +56,15 @@ def write_counting_jsonl(path: str | Path, num_pairs: int, length: int = 12, err
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in counting_pairs(num_pairs, length, errors, seed)))
     return path
+
+
+def prepare_counting_dataset(prefix: str | Path, family: str = "fast_dllm_v2", num_pairs: int = 256, length: int = 12, errors: int = 3, seed: int = 0) -> str:
+    """Tokenizer, JSONL and the preprocessed dataset at `prefix` (beside it), made once."""
+    from dtrpo_mega.data import build_preference_dataset
+
+    prefix = Path(prefix)
+    if not prefix.with_suffix(".json").exists():
+        tokenizer = write_tokenizer(prefix.parent / "tokenizer.json")
+        jsonl = write_counting_jsonl(prefix.parent / f"{prefix.name}.jsonl", num_pairs, length, errors, seed)
+        build_preference_dataset(jsonl, tokenizer, family, prefix, max_length=64)
+    return str(prefix)

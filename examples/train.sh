@@ -32,7 +32,7 @@ RUN_ARGS=(
 )
 
 if [ "$CONFIG" = examples/configs/demo_tiny.yaml ]; then
-    "$PYTHON" -c "from pathlib import Path; import sys; sys.path.insert(0, 'tools'); from demo import prepare_data; prepare_data(Path('runs/demo/data/counting'))"
+    "$PYTHON" -c "from dtrpo_mega.synthetic import prepare_counting_dataset; prepare_counting_dataset('runs/demo/data/counting')"
 fi
 exec "$PYTHON" -m torch.distributed.run "${DISTRIBUTED_ARGS[@]}" -m dtrpo_mega.train --config "$CONFIG" \
     "${PARALLEL_ARGS[@]}" "${RUN_ARGS[@]}" "$@"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,21 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from dtrpo_mega.parallel.runtime import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 DISTRIBUTED = Path(__file__).resolve().parent / "distributed"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_torchrun(script: str, nproc: int, *args: str, timeout: int = 600) -> str:
     """Run tests/distributed/<script> on `nproc` CPU ranks; fail with its output if it fails."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-        f"--master-port={_free_port()}", str(DISTRIBUTED / script), *args,
+        f"--master-port={free_port()}", str(DISTRIBUTED / script), *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -46,21 +41,10 @@ def world_of_one():
 @pytest.fixture(scope="session")
 def counting_datasets(tmp_path_factory):
     """family -> a 48-pair synthetic preference dataset (counting task) preprocessed for it."""
-    from dtrpo_mega.data import build_preference_dataset
-    from dtrpo_mega.synthetic import write_counting_jsonl, write_tokenizer
+    from dtrpo_mega.synthetic import prepare_counting_dataset
 
     root = tmp_path_factory.mktemp("counting")
-    tokenizer = write_tokenizer(root / "tokenizer.json")
-    jsonl = write_counting_jsonl(root / "pairs.jsonl", num_pairs=48, length=11, errors=3, seed=0)
-    made = {}
-
-    def dataset(family: str) -> str:
-        if family not in made:
-            build_preference_dataset(jsonl, tokenizer, family, root / family, max_length=64)
-            made[family] = str(root / family)
-        return made[family]
-
-    return dataset
+    return lambda family: prepare_counting_dataset(root / family / family, family, num_pairs=48, length=11)
 
 
 @pytest.fixture(scope="session")

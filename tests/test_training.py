@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, _free_port, run_torchrun
+from conftest import REPO, run_torchrun
+from dtrpo_mega.parallel.runtime import free_port
 from dtrpo_mega.config import load_config
 
 
@@ -129,7 +130,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, counting_data):
     import psutil
 
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
            str(REPO / "dtrpo_mega" / "train.py"), *_train_overrides(counting_data, run_dir, "train.train_steps=100000")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

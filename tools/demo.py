@@ -21,18 +21,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def prepare_data(prefix: Path, num_pairs: int = 256) -> None:
-    """The demo's data, made once: tokenizer.json, pairs.jsonl and the indexed dataset."""
-    from dtrpo_mega.data import build_preference_dataset
-    from dtrpo_mega.synthetic import write_counting_jsonl, write_tokenizer
-
-    if prefix.with_suffix(".json").exists():
-        return
-    tokenizer = write_tokenizer(prefix.parent / "tokenizer.json")
-    jsonl = write_counting_jsonl(prefix.parent / "pairs.jsonl", num_pairs=num_pairs, length=12, errors=3, seed=0)
-    build_preference_dataset(jsonl, tokenizer, "fast_dllm_v2", prefix, max_length=64)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nproc", type=int, default=4)
@@ -41,9 +29,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from dtrpo_mega.config import load_config
+    from dtrpo_mega.synthetic import prepare_counting_dataset
 
     cfg = load_config(args.config, args.overrides)
-    prepare_data(Path(cfg.data.path))
+    prepare_counting_dataset(cfg.data.path)
     # A demo starts afresh: the previous demo run's checkpoints and metrics go (data is kept).
     previous = [Path(cfg.checkpoint.dir)] if cfg.checkpoint.dir else []
     previous += [Path(cfg.logging.dir) / name for name in ("metrics.jsonl", "rewards.png")]
