@@ -39,6 +39,7 @@ def _gather_on_rank0(items: list) -> list | None:
 
 
 def precompute_sums(run: Run, epochs: int, out) -> None:
+    key = reference_key(run)
     reference = ResidentReference(build_reference_model(run))
     found = []
     for epoch in range(epochs):
@@ -54,7 +55,7 @@ def precompute_sums(run: Run, epochs: int, out) -> None:
             sums[epoch, i] = s
         if torch.isnan(sums).any():
             raise RuntimeError("some pairs got no reference sums")
-        save_keyed(out, {"ref_sums": sums}, reference_key(run))
+        save_keyed(out, {"ref_sums": sums}, key)
     dist.barrier()
 
 
@@ -64,6 +65,7 @@ def _token_logps_loss(mb: MicroBatch, token_ce: torch.Tensor):
 
 def precompute_confidence(run: Run, out) -> None:
     """Per response token: log pi_ref(y_i | its block fully masked, earlier blocks clean)."""
+    key = confidence_key(run)
     model = build_reference_model(run).eval()
     model_cfg, found = run.model_config, []
     for idx in _my_pairs(run):
@@ -96,7 +98,7 @@ def precompute_confidence(run: Run, out) -> None:
         for i, role, conf in gathered:
             start = offsets[2 * i + role]
             values[start : start + len(conf)] = torch.tensor(conf, dtype=torch.float64)
-        save_keyed(out, {"confidence": values, "offsets": offsets}, confidence_key(run))
+        save_keyed(out, {"confidence": values, "offsets": offsets}, key)
     dist.barrier()
 
 

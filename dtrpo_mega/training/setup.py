@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from dtrpo_mega.checkpointing import load_model, read_model_config
 from dtrpo_mega.config import ReferenceMode, TrainConfig
@@ -65,16 +66,21 @@ def build_policy(run: Run):
 
 
 def reference_weights_id(run: Run) -> str:
-    """Layout-independent identity of the reference weights."""
+    """Layout-independent identity of the reference weights (collective: every rank calls it).
+
+    Rank 0 hashes the checkpoint's files once and shares the digest, rather than every rank
+    reading the whole checkpoint."""
     source = run.cfg.reference.load or run.cfg.model.load
-    if source:
-        return f"sha256:{files_digest(source)}"
-    rt = run.runtime
-    return f"random-init(seed={run.cfg.train.seed}, tp={rt.tp}, pp={rt.pp})"
+    if not source:
+        rt = run.runtime
+        return f"random-init(seed={run.cfg.train.seed}, tp={rt.tp}, pp={rt.pp})"
+    digest = [files_digest(source) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(digest, src=0)
+    return f"sha256:{digest[0]}"
 
 
 def reference_key(run: Run) -> dict:
-    """Everything that decides the reference sums of a sample."""
+    """Everything that decides the reference sums of a sample (collective: every rank calls it)."""
     model = run.model_config.to_dict()
     model.pop("attention_backend")
     return {
