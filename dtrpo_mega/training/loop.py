@@ -82,7 +82,6 @@ def train(cfg: TrainConfig) -> list[dict]:
     logger = MetricsLogger(cfg.logging.dir, cfg.train.train_steps, start, cfg.to_dict(), cfg.logging.wandb_project, cfg.logging.progress_bar, cfg.logging.log_interval) if logs_here else None
     stop = StopFlag()
     loss = partial(policy_loss, cfg.loss)
-    step = start
     for step in range(start, cfg.train.train_steps):
         t0 = time.perf_counter()
         micro = micro_batches_of(run, step)
@@ -101,15 +100,13 @@ def train(cfg: TrainConfig) -> list[dict]:
                 logger.log(step + 1, metrics)
         interrupted = stop.agreed()
         interval = cfg.checkpoint.save_interval
-        if ckpt_root and (interrupted or (interval and (step + 1) % interval == 0)):
+        last = step + 1 == cfg.train.train_steps
+        if ckpt_root and (interrupted or last or (interval and (step + 1) % interval == 0)):
             save_checkpoint(ckpt_root, step + 1, policy, optimizer, cfg.to_dict())
         if interrupted:
             if run.runtime.rank == 0:
                 print(f"SIGTERM: saved a checkpoint at step {step + 1} and stopped", flush=True)
             break
-    else:
-        if ckpt_root and cfg.train.train_steps > start and not (cfg.checkpoint.save_interval and cfg.train.train_steps % cfg.checkpoint.save_interval == 0):
-            save_checkpoint(ckpt_root, cfg.train.train_steps, policy, optimizer, cfg.to_dict())
     if logger is not None:
         png = logger.close()
         print(f"metrics: {logger.run_dir / 'metrics.jsonl'}; reward curves: {png}", flush=True)
