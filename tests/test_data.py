@@ -93,6 +93,12 @@ def chat(prompt: str, chosen: str, rejected: str, system: str | None = None) -> 
             "rejected": [{"role": "assistant", "content": rejected}]}
 
 
+def completion(prompt: str, text: str, conversational: bool = False) -> dict:
+    if not conversational:
+        return {"prompt": prompt, "completion": text}
+    return {"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant", "content": text}]}
+
+
 PLAIN = [{"prompt": "why is the sky blue?", "chosen": "rayleigh scattering", "rejected": "the sea", "id": 7},
          {"prompt": "2+2=", "chosen": "4", "rejected": "5"}]
 
@@ -109,6 +115,7 @@ def test_plain_round_trip(tmp_path, tokenizer, family, eot, bos):
     ds = build(tmp_path, PLAIN, tokenizer, family)
     tok = load_tokenizer(tokenizer)
     assert len(ds) == 2 and ds.metadata["counts"] == dict(read=2, kept=2, truncated=0, dropped=0)
+    assert ds.kind == ds.metadata["kind"] == "preference"
     pair = ds[0]
     assert pair.index == 0 and pair.prompt.dtype == np.int64 and pair.chosen_steps is None
     assert tok.decode(pair.prompt) == bos + "why is the sky blue?"
@@ -139,6 +146,29 @@ def test_conversational_round_trip(tmp_path, tokenizer, family):
     assert tok.decode(pair.chosen) == "light" + template.end_of_turn
     for special in template.special_tokens:  # each marker is one token id, never spelled out in text pieces
         assert list(pair.prompt).count(tok.token_to_id(special)) == EXPECTED_PROMPTS[family].count(special)
+
+
+@pytest.mark.parametrize("conversational", [False, True], ids=["standard", "conversational"])
+def test_completion_round_trip(tmp_path, tokenizer, conversational):
+    ds = build(tmp_path, [completion("why is the sky blue?", "rayleigh scattering", conversational),
+                          completion("2+2=", "4", conversational)], tokenizer)
+    tok, eot = load_tokenizer(tokenizer), ds.metadata["tokenizer"]["end_of_turn_id"]
+    assert len(ds) == 2 and ds.kind == ds.metadata["kind"] == "completion" and not ds.metadata["has_steps"]
+    example = ds[0]
+    assert tok.decode(example.prompt) == (EXPECTED_PROMPTS["fast_dllm_v2"] if conversational else "why is the sky blue?")
+    assert tok.decode(example.chosen) == "rayleigh scattering<|im_end|>" and example.chosen[-1] == eot
+    assert example.rejected.dtype == np.int64 and example.rejected.shape == (0,) and example.chosen_steps is None
+    assert tok.decode(ds[1].chosen) == "4<|im_end|>" and ds[1].rejected.shape == (0,)
+    meta = paths(tmp_path / "out")["metadata"]  # datasets written before `kind` existed hold preference pairs
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "kind"}))
+    assert PreferenceDataset.open(tmp_path / "out").kind == "preference"
+
+
+@pytest.mark.parametrize("first,second", [("preference", "completion"), ("completion", "preference")])
+def test_mixed_kinds_name_both_lines(tmp_path, tokenizers, first, second):
+    record = {"preference": PLAIN[0], "completion": completion("a", "b")}
+    with pytest.raises(ValueError, match=rf"data.jsonl:2: a {second} record but the first record \(.*data.jsonl:1\) is a {first}"):
+        build(tmp_path, [record[first], record[second]], tokenizers["sentencepiece"])
 
 
 def test_system_message_replaces_the_default(tmp_path, tokenizers):
@@ -256,7 +286,7 @@ def test_truncate_keeps_the_prompt_and_counts(tmp_path, tokenizers, caplog):
     pair, eot = ds[1], ds.metadata["tokenizer"]["end_of_turn_id"]
     np.testing.assert_array_equal(pair.prompt, ds[2].prompt)
     assert len(pair.prompt) + len(pair.rejected) == 40 and pair.rejected[-1] != eot and pair.chosen[-1] == eot
-    assert "1 of 3 pairs truncated by max_length=40" in caplog.text and "data.jsonl:2" in caplog.text
+    assert "1 of 3 examples truncated by max_length=40" in caplog.text and "data.jsonl:2" in caplog.text
 
 
 def test_drop_counts_long_pairs_and_long_prompts(tmp_path, tokenizers, caplog):
@@ -265,11 +295,11 @@ def test_drop_counts_long_pairs_and_long_prompts(tmp_path, tokenizers, caplog):
         ds = build(tmp_path, records, tokenizers["sentencepiece"], max_length=40, overlong="drop")
     assert ds.metadata["counts"] == dict(read=3, kept=1, truncated=0, dropped=2)
     assert len(ds) == 1 and ds[0].index == 0
-    assert "2 of 3 pairs dropped" in caplog.text and "data.jsonl:3" in caplog.text
+    assert "2 of 3 examples dropped" in caplog.text and "data.jsonl:3" in caplog.text
 
 
 def test_everything_dropped_is_an_error(tmp_path, tokenizers):
-    with pytest.raises(ValueError, match="no preference pairs to write .* 1 dropped"):
+    with pytest.raises(ValueError, match="no examples to write .* 1 dropped"):
         build(tmp_path, [{"prompt": LONG, "chosen": "a", "rejected": "b"}], tokenizers["sentencepiece"], max_length=20,
               overlong="drop")
 
@@ -316,6 +346,18 @@ GOOD = json.dumps(PLAIN[0])
     ([json.dumps({**PLAIN[0], "chosen_steps": [0, -1], "rejected_steps": [0]})], "data.jsonl:1: 'chosen_steps' must be a list of non-negative"),
     ([json.dumps({**PLAIN[0], "chosen_steps": [0, 1], "rejected_steps": [0, 1]})],
      "data.jsonl:1: 'chosen_steps' has 2 values but the tokenized chosen response has"),
+    (['{"prompt": "a"}'], "data.jsonl:1: missing key 'chosen' .*'rejected'.* 'prompt' and 'completion'"),
+    (['{"completion": "b"}'], "data.jsonl:1: missing key 'prompt'"),
+    ([json.dumps({**completion("a", "b"), "chosen": "c"})],
+     r"data.jsonl:1: a record holds either 'completion' \(prompt-completion\) or 'chosen' and 'rejected' \(preference\), not both"),
+    ([json.dumps(completion("a", "  "))], "data.jsonl:1: 'completion' is an empty response"),
+    ([json.dumps(completion("a", "", conversational=True))], "data.jsonl:1: 'completion' is an empty response"),
+    ([json.dumps({**completion("a", "b", conversational=True), "completion": [{"role": "user", "content": "b"}]})],
+     r"data.jsonl:1: completion\[0\] must have role 'assistant'"),
+    ([json.dumps({**completion("a", "b"), "completion_steps": [0]})],
+     "data.jsonl:1: 'completion_steps' is given, but a prompt-completion record carries no logged reveal steps"),
+    ([json.dumps({**completion("a", "b"), "chosen_steps": [0], "rejected_steps": [0]})],
+     "data.jsonl:1: 'chosen_steps' is given, but a prompt-completion record"),
     ([json.dumps({"prompt": LONG, "chosen": "b", "rejected": "c"})], r"data.jsonl:1: the prompt alone has \d+ tokens, .*max_length=20"),
 ])
 def test_bad_records_name_file_and_line(tmp_path, tokenizers, lines, message):

@@ -1,4 +1,4 @@
-"""Tokenize TRL-format preference JSONL into the memory-mapped dataset that training reads.
+"""Tokenize TRL-format preference or prompt-completion JSONL into the memory-mapped dataset that training reads.
 
   python tools/preprocess_data.py --input pairs.jsonl --tokenizer TOKENIZER --family fast_dllm_v2 \
       --output data/pairs --max-length 2048 [--overlong truncate|drop] [--block-size N]
@@ -22,13 +22,13 @@ from dtrpo_mega.data.chat import FAMILY_CHAT_TEMPLATES  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="preference records, one JSON object per line")
+    parser.add_argument("--input", required=True, help="preference or prompt-completion records, one JSON object per line")
     parser.add_argument("--tokenizer", required=True, help="SentencePiece .model, tokenizer.json, or a folder holding one")
     parser.add_argument("--family", required=True, choices=sorted(FAMILY_CHAT_TEMPLATES), help="model family (chat template)")
     parser.add_argument("--output", required=True, help="output prefix")
     parser.add_argument("--max-length", type=int, required=True, help="max tokens of prompt + longer response")
     parser.add_argument("--overlong", default=Overlong.TRUNCATE.value, choices=[o.value for o in Overlong],
-                        help="what to do with pairs over --max-length (default: truncate the responses)")
+                        help="what to do with examples over --max-length (default: truncate the responses)")
     parser.add_argument("--block-size", type=int, help="block size recorded for the trainer (default: the family's)")
     return parser.parse_args(argv)
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     dataset = PreferenceDataset.open(args.output)
     print(" ".join(f"{name}={value}" for name, value in counts.items()))
-    print(f"wrote {args.output}: {len(dataset)} pairs, {dataset.metadata['num_tokens']} tokens, fingerprint {dataset.fingerprint}")
+    print(f"wrote {args.output}: {len(dataset)} {dataset.kind} examples, {dataset.metadata['num_tokens']} tokens, fingerprint {dataset.fingerprint}")
     return 0
 
 

@@ -1,12 +1,14 @@
-"""The memory-mapped indexed dataset of tokenized preference pairs.
+"""The memory-mapped indexed dataset of tokenized preference pairs or prompt-completion examples.
 
-Files under one prefix:
+A prompt-completion example is stored as a pair whose chosen response is the completion and whose
+rejected response is empty. Files under one prefix:
 - `PREFIX.bin`: every pair's prompt, chosen and rejected token ids, back to back (int32);
 - `PREFIX.idx.npy`: int64 `[num_pairs, 4]`, pair i's boundaries in `.bin`: prompt start,
   chosen start, rejected start, end;
 - `PREFIX.steps.bin` (datasets with `logged` trajectories): int32 aligned with `.bin`, the reveal
   step of each response token, -1 at prompt positions;
-- `PREFIX.json`: metadata (fingerprint, settings, tokenizer, counts, sizes).
+- `PREFIX.json`: metadata (fingerprint, kind, settings, tokenizer, counts, sizes); `kind` is
+  "preference" or "completion" (absent in older datasets: "preference").
 Files are written under temporary names and renamed into place, metadata last, so a prefix
 either holds a complete dataset or no metadata.
 """
@@ -30,12 +32,15 @@ SUFFIXES = {"tokens": ".bin", "index": ".idx.npy", "steps": ".steps.bin", "metad
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
 class PreferencePair:
-    """One tokenized pair; responses end with the end-of-turn token unless they were truncated."""
+    """One tokenized example; responses end with the end-of-turn token unless they were truncated.
+
+    A prompt-completion example's completion is `chosen`; its `rejected` is empty.
+    """
 
     index: int  # global sample index in the dataset (0..N-1)
     prompt: np.ndarray  # int64, the rendered prompt including the assistant header
     chosen: np.ndarray  # int64
-    rejected: np.ndarray  # int64
+    rejected: np.ndarray  # int64, empty for a prompt-completion example
     chosen_steps: np.ndarray | None = None  # int64 reveal step per chosen token (`logged` mode)
     rejected_steps: np.ndarray | None = None
 
@@ -45,7 +50,7 @@ def paths(prefix: str | Path) -> dict[str, Path]:
 
 
 class IndexedWriter:
-    """Streams pairs to temporary files; `commit` moves them into place, metadata last."""
+    """Streams examples to temporary files; `commit` moves them into place, metadata last."""
 
     def __init__(self, prefix: str | Path):
         self.paths = paths(prefix)
@@ -109,7 +114,7 @@ class IndexedWriter:
 
 
 class PreferenceDataset:
-    """Pairs read lazily from the memory-mapped files of a prefix; see `open`."""
+    """Examples read lazily from the memory-mapped files of a prefix; see `open`."""
 
     def __init__(self, prefix: Path, metadata: dict, tokens: np.memmap, bounds: np.memmap, steps: np.memmap | None):
         self.prefix, self.metadata = prefix, metadata
@@ -138,6 +143,11 @@ class PreferenceDataset:
     @property
     def fingerprint(self) -> str:
         return self.metadata["fingerprint"]
+
+    @property
+    def kind(self) -> str:
+        """What the examples are: "preference" pairs or "completion" (prompt-completion, `rejected` empty)."""
+        return self.metadata.get("kind", "preference")
 
     def __len__(self) -> int:
         return len(self.bounds)

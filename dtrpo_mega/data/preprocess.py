@@ -1,10 +1,14 @@
-"""Offline preprocessing: JSONL preference records -> tokenized, fingerprinted indexed dataset.
+"""Offline preprocessing: JSONL records -> tokenized, fingerprinted indexed dataset.
 
-Over-long pairs: `max_length` bounds the prompt plus the longer response. `truncate` cuts both
+A file holds preference pairs or prompt-completion examples, not both (the first record decides;
+the metadata's `kind` says which). A completion is stored as the chosen response, with an empty
+rejected one.
+
+Over-long examples: `max_length` bounds the prompt plus the longer response. `truncate` cuts both
 responses to `max_length - len(prompt)` tokens (a cut response loses its end-of-turn token, and
-its logged steps are cut with it); `drop` skips the pair. A prompt that alone leaves no room for
+its logged steps are cut with it); `drop` skips the example. A prompt that alone leaves no room for
 a response is an error under `truncate` (naming file, line and lengths) and is dropped under
-`drop`. Every truncated or dropped pair is counted in the metadata and the log.
+`drop`. Every truncated or dropped example is counted in the metadata and the log.
 
 The fingerprint is the sha256 of the input file's bytes, the tokenizer's files and the settings
 (chat template included), so it identifies the data a reference cache or a run was made from;
@@ -24,7 +28,7 @@ import numpy as np
 
 from dtrpo_mega.data.chat import ChatEncoder, chat_template
 from dtrpo_mega.data.indexed import FORMAT, IndexedWriter, PreferencePair
-from dtrpo_mega.data.records import PreferenceRecord, read_records
+from dtrpo_mega.data.records import RESPONSES, PreferenceRecord, read_records
 from dtrpo_mega.data.tokenizer import load_tokenizer
 from dtrpo_mega.models.families import FAMILY_TRAITS
 
@@ -77,8 +81,12 @@ def file_sha256(path: str | Path) -> str:
 
 
 def tokenize_record(record: PreferenceRecord, encoder: ChatEncoder, index: int) -> PreferencePair:
-    """Token ids of a record; logged steps must count the tokenized response, end-of-turn included."""
-    ids = {key: encoder.response(getattr(record, key), record.conversational) for key in ("chosen", "rejected")}
+    """Token ids of a record; logged steps must count the tokenized response, end-of-turn included.
+
+    A prompt-completion record's completion is the chosen response; its rejected response is empty.
+    """
+    keys = ("chosen",) if record.is_completion else RESPONSES
+    ids = {key: encoder.response(getattr(record, key), record.conversational) for key in keys}
     steps = {}
     for key, response in ids.items():
         given = getattr(record, f"{key}_steps")
@@ -87,8 +95,8 @@ def tokenize_record(record: PreferenceRecord, encoder: ChatEncoder, index: int) 
                              f"has {len(response)} tokens (end-of-turn {encoder.template.end_of_turn!r} included)")
         steps[key] = None if given is None else np.asarray(given, dtype=np.int64)
     return PreferencePair(index, np.asarray(encoder.prompt(record.prompt), dtype=np.int64),
-                          np.asarray(ids["chosen"], dtype=np.int64), np.asarray(ids["rejected"], dtype=np.int64),
-                          steps["chosen"], steps["rejected"])
+                          np.asarray(ids["chosen"], dtype=np.int64), np.asarray(ids.get("rejected", ()), dtype=np.int64),
+                          steps["chosen"], steps.get("rejected"))
 
 
 def fit(pair: PreferencePair, settings: PreprocessSettings, where: str) -> tuple[PreferencePair | None, str]:
@@ -100,7 +108,7 @@ def fit(pair: PreferencePair, settings: PreprocessSettings, where: str) -> tuple
         return None, "dropped"
     if prompt_len >= limit:
         raise ValueError(f"{where}: the prompt alone has {prompt_len} tokens, leaving no room for a response within "
-                         f"max_length={limit}; raise max_length or use overlong=drop to skip such pairs")
+                         f"max_length={limit}; raise max_length or use overlong=drop to skip such examples")
     room = limit - prompt_len
 
     def cut(ids: np.ndarray | None) -> np.ndarray | None:
@@ -115,6 +123,7 @@ def build_preference_dataset(input_jsonl: str | Path, tokenizer_path: str | Path
     """Tokenize `input_jsonl` into the indexed dataset at `output_prefix`; returns the counts.
 
     Counts: `read` (non-blank lines), `kept` (written, truncated ones included), `truncated`, `dropped`.
+    The metadata's `kind` is "preference" or "completion", as the first record decides.
     """
     settings = PreprocessSettings(family, max_length, overlong, block_size)
     tokenizer = load_tokenizer(tokenizer_path)
@@ -122,13 +131,16 @@ def build_preference_dataset(input_jsonl: str | Path, tokenizer_path: str | Path
     data_sha256 = file_sha256(input_jsonl)
     counts = dict(read=0, kept=0, truncated=0, dropped=0)
     where_of = {"truncated": [], "dropped": []}
-    first_where, with_steps = None, False  # the first record decides whether the data carries logged steps
+    first_where, first_kind, with_steps = None, None, False  # the first record decides the kind and logged steps
     with IndexedWriter(output_prefix) as writer:
         for record in read_records(input_jsonl):
             counts["read"] += 1
-            has_steps = record.chosen_steps is not None
+            kind, has_steps = "completion" if record.is_completion else "preference", record.chosen_steps is not None
             if first_where is None:
-                first_where, with_steps = record.where, has_steps
+                first_where, first_kind, with_steps = record.where, kind, has_steps
+            elif kind != first_kind:
+                raise ValueError(f"{record.where}: a {kind} record but the first record ({first_where}) is a {first_kind} "
+                                 "record: a file holds preference pairs or prompt-completion examples, not both")
             elif has_steps != with_steps:
                 raise ValueError(f"{record.where}: {'has' if has_steps else 'lacks'} logged reveal steps but the first "
                                  f"record ({first_where}) {'does not' if has_steps else 'does'}: give them for every record or none")
@@ -141,12 +153,13 @@ def build_preference_dataset(input_jsonl: str | Path, tokenizer_path: str | Path
                 writer.add(pair)
                 counts["kept"] += 1
         if not counts["kept"]:
-            raise ValueError(f"{input_jsonl}: no preference pairs to write ({counts['read']} records read, "
+            raise ValueError(f"{input_jsonl}: no examples to write ({counts['read']} records read, "
                              f"{counts['dropped']} dropped by max_length={max_length})")
         settings_dict = settings.to_dict()
         writer.commit(dict(
             fingerprint=fingerprint(data_sha256, tokenizer.identity, settings_dict),
             settings=settings_dict,
+            kind=first_kind,
             tokenizer={**tokenizer.describe(), "end_of_turn_id": encoder.end_of_turn_id},
             source=dict(path=str(input_jsonl), sha256=data_sha256),
             counts=counts,
@@ -156,9 +169,9 @@ def build_preference_dataset(input_jsonl: str | Path, tokenizer_path: str | Path
 
 
 def _log_counts(counts: dict, where_of: dict, settings: PreprocessSettings, output_prefix) -> None:
-    log.info("%s: %d records read, %d pairs kept", output_prefix, counts["read"], counts["kept"])
+    log.info("%s: %d records read, %d kept", output_prefix, counts["read"], counts["kept"])
     for outcome, wheres in where_of.items():
         if counts[outcome]:
             more = ", ..." if counts[outcome] > len(wheres) else ""
-            log.warning("%s: %d of %d pairs %s by max_length=%d (overlong=%s): %s%s", output_prefix, counts[outcome],
+            log.warning("%s: %d of %d examples %s by max_length=%d (overlong=%s): %s%s", output_prefix, counts[outcome],
                         counts["read"], outcome, settings.max_length, settings.overlong.value, ", ".join(wheres), more)

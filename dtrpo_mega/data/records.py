@@ -1,14 +1,17 @@
-"""Preference records in TRL's JSONL format, parsed and checked line by line.
+"""Preference and prompt-completion records in TRL's JSONL formats, parsed and checked line by line.
 
-One JSON object per line:
+One JSON object per line, a preference pair:
 - standard: `{"prompt": str, "chosen": str, "rejected": str}`;
 - conversational: `prompt` is a list of `{"role", "content"}` messages (system / user /
   assistant), `chosen` and `rejected` are lists holding one assistant message;
 - implicit prompt (conversational, no `prompt` key): `chosen` and `rejected` hold the whole
   conversation; the messages before their final assistant turn must agree and are the prompt.
 Optional `chosen_steps` / `rejected_steps` (both or neither) carry the `logged` trajectory: the
-reveal step of every response token, as non-negative integers. Other keys are ignored; blank
-lines are skipped. Every error starts with `file:line:`.
+reveal step of every response token, as non-negative integers.
+Or a prompt-completion example (SFT): `{"prompt": str, "completion": str}`, or `prompt` a list of
+messages and `completion` a list holding one assistant message; it parses as a record whose
+`chosen` is the completion and whose `rejected` is None, and carries no logged steps.
+Other keys are ignored; blank lines are skipped. Every error starts with `file:line:`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 ROLES = ("system", "user", "assistant")
 RESPONSES = ("chosen", "rejected")
+FORMS = "a preference record holds 'prompt', 'chosen' and 'rejected', a prompt-completion record 'prompt' and 'completion'"
 MAX_STEP = 2**31  # steps are stored as int32
 
 
@@ -36,14 +40,18 @@ Prompt = str | tuple[Message, ...]
 class PreferenceRecord:
     where: str  # "file:line", the prefix of every error about this record
     prompt: Prompt
-    chosen: str  # response text (the assistant message's content in the conversational form)
-    rejected: str
+    chosen: str  # response text (the assistant message's content in the conversational form), or the completion
+    rejected: str | None  # None for a prompt-completion record
     chosen_steps: tuple[int, ...] | None = None
     rejected_steps: tuple[int, ...] | None = None
 
     @property
     def conversational(self) -> bool:
         return not isinstance(self.prompt, str)
+
+    @property
+    def is_completion(self) -> bool:
+        return self.rejected is None
 
 
 def read_records(path: str | Path) -> Iterator[PreferenceRecord]:
@@ -64,28 +72,44 @@ def parse_record(line: str, where: str) -> PreferenceRecord:
     except json.JSONDecodeError as err:
         raise ValueError(f"{where}: malformed JSON: {err.msg} at column {err.colno}") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object with 'prompt', 'chosen' and 'rejected', got {type(obj).__name__}")
-    for key in RESPONSES:
-        if key not in obj:
-            raise ValueError(f"{where}: missing key {key!r} (a record needs 'prompt', 'chosen' and 'rejected')")
+        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__} ({FORMS})")
+    keys = _response_keys(obj, where)
     if "prompt" in obj:
-        prompt, chosen, rejected = obj["prompt"], obj["chosen"], obj["rejected"]
-    elif isinstance(obj["chosen"], list) and isinstance(obj["rejected"], list):
-        prompt, chosen, rejected = _split_implicit_prompt(obj["chosen"], obj["rejected"], where)
+        prompt, values = obj["prompt"], [obj[key] for key in keys]
+    elif keys == RESPONSES and isinstance(obj["chosen"], list) and isinstance(obj["rejected"], list):
+        prompt, *values = _split_implicit_prompt(obj["chosen"], obj["rejected"], where)
     else:
-        raise ValueError(f"{where}: missing key 'prompt' (a record needs 'prompt', 'chosen' and 'rejected')")
+        raise ValueError(f"{where}: missing key 'prompt' ({FORMS})")
     if isinstance(prompt, str):
         if not prompt.strip():
             raise ValueError(f"{where}: 'prompt' is empty")
-        responses = [_plain_response(value, key, where) for key, value in zip(RESPONSES, (chosen, rejected), strict=True)]
+        responses = [_plain_response(value, key, where) for key, value in zip(keys, values, strict=True)]
     elif isinstance(prompt, list):
         if not prompt:
             raise ValueError(f"{where}: 'prompt' is an empty list of messages")
         prompt = tuple(_message(m, f"prompt[{i}]", where) for i, m in enumerate(prompt))
-        responses = [_chat_response(value, key, where) for key, value in zip(RESPONSES, (chosen, rejected), strict=True)]
+        responses = [_chat_response(value, key, where) for key, value in zip(keys, values, strict=True)]
     else:
         raise ValueError(f"{where}: 'prompt' must be a string or a list of messages, got {type(prompt).__name__}")
-    return PreferenceRecord(where, prompt, *responses, *_steps(obj, where))
+    if keys == RESPONSES:
+        return PreferenceRecord(where, prompt, *responses, *_steps(obj, where))
+    for key in ("completion_steps", "chosen_steps", "rejected_steps"):
+        if obj.get(key) is not None:
+            raise ValueError(f"{where}: {key!r} is given, but a prompt-completion record carries no logged reveal steps")
+    return PreferenceRecord(where, prompt, responses[0], None)
+
+
+def _response_keys(obj: dict, where: str) -> tuple[str, ...]:
+    """("completion",) for a prompt-completion record, ("chosen", "rejected") for a preference pair."""
+    if "completion" in obj:
+        if any(key in obj for key in RESPONSES):
+            raise ValueError(f"{where}: a record holds either 'completion' (prompt-completion) or 'chosen' and "
+                             "'rejected' (preference), not both")
+        return ("completion",)
+    for key in RESPONSES:
+        if key not in obj:
+            raise ValueError(f"{where}: missing key {key!r} ({FORMS})")
+    return RESPONSES
 
 
 def _split_implicit_prompt(chosen: list, rejected: list, where: str) -> tuple[list, list, list]:
