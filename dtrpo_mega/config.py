@@ -115,6 +115,8 @@ class TrainConfig:
             raise ValueError("scheduler.order=ref_confidence needs data.ref_confidence (tools/precompute_reference.py confidence)")
         if self.reference.mode == ReferenceMode.PRECOMPUTED and not self.reference.cache:
             raise ValueError("reference.mode=precomputed needs reference.cache")
+        if self.objective.name == Objective.SFT and (self.reference.mode == ReferenceMode.PRECOMPUTED or self.scheduler.order == RevealOrder.REF_CONFIDENCE):
+            raise ValueError("objective.name=sft trains without a reference: reference.mode=precomputed and scheduler.order=ref_confidence do not apply")
         if self.objective.name == Objective.VRPO and self.objective.vrpo_samples < 1:
             raise ValueError(f"objective.vrpo_samples must be >= 1, got {self.objective.vrpo_samples}")
 
@@ -161,7 +163,8 @@ def _coerce(value, annotation, where: str):
     return value
 
 
-def _build(cls, values: dict, where: str):
+def build_dataclass(cls, values: dict, where: str = ""):
+    """A (nested) dataclass from a mapping, each value coerced to its field's type; errors name `where.key`."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
@@ -174,7 +177,7 @@ def _build(cls, values: dict, where: str):
         if dataclasses.is_dataclass(annotation):
             if not isinstance(value, dict):
                 raise ValueError(f"{key} must be a mapping, got {value!r}")
-            kwargs[name] = _build(annotation, value, key)
+            kwargs[name] = build_dataclass(annotation, value, key)
         else:
             kwargs[name] = _coerce(value, annotation, key)
     try:
@@ -183,7 +186,7 @@ def _build(cls, values: dict, where: str):
         raise ValueError(f"{where}: {err}" if where and where not in str(err) else str(err)) from None
 
 
-def _apply_override(tree: dict, override: str) -> None:
+def apply_override(tree: dict, override: str) -> None:
     if "=" not in override:
         raise ValueError(f"override {override!r} must look like section.key=value")
     key, raw = override.split("=", 1)
@@ -208,5 +211,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         if not isinstance(tree, dict):
             raise ValueError(f"{path}: the top level must be a mapping of sections")
     for override in overrides:
-        _apply_override(tree, override)
-    return _build(TrainConfig, tree, "")
+        apply_override(tree, override)
+    return build_dataclass(TrainConfig, tree, "")

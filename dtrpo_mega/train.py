@@ -1,4 +1,4 @@
-"""Train a dLLM with dTRPO: `python -m dtrpo_mega.train --config CFG.yaml [section.key=value ...]`.
+"""Train a dLLM with dTRPO (or a peer objective, or masked-diffusion SFT): `python -m dtrpo_mega.train --config CFG.yaml [section.key=value ...]`.
 
 Launch with torchrun (or srun) for several ranks; see examples/.
 """
@@ -19,7 +19,7 @@ def summary(history: list[dict], window: int = 10) -> str:
     first, last = history[:window], history[-window:]
     mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
     lines = [f"{'metric':<20}{'start':>12}{'end':>12}", "-" * 44]
-    lines += [f"{k:<20}{mean(first, k):>12.4f}{mean(last, k):>12.4f}" for k in SUMMARY_KEYS]
+    lines += [f"{k:<20}{mean(first, k):>12.4f}{mean(last, k):>12.4f}" for k in SUMMARY_KEYS if k in history[0]]
     return "\n".join(lines)
 
 

@@ -132,3 +132,20 @@ def test_exact_trajectory_objective_equals_stepwise_decoding(world_of_one):
     steps = trajectory_steps(seq, cfg, sched, sample_rng(9, 0, 4, 1))
     assert len(rows) == max(steps_per_block(steps, 3, cfg.block_size))
     torch.testing.assert_close(total.detach(), exact_log_ratio(policy, reference, seq, steps).detach(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("family,n,prompt_len", [("sdar", 11, 3), ("fast_dllm_v2", 13, 3), ("fast_dllm_v2", 14, 8)])
+def test_mean_field_row_is_one_forward_of_the_all_masked_response(world_of_one, family, n, prompt_len):
+    """`mean_field` scores every response token in the single decoder call on the all-[M] state."""
+    cfg, policy, _ = _models(family)
+    seq = SequenceSpec(np.random.default_rng(n).integers(0, cfg.vocab_size - 1, n), prompt_len, index=0, role=0)
+    [row] = plan_rows(seq, cfg, SchedulerConfig(), Objective.MEAN_FIELD, seed=0, epoch=0)
+    sample, labels, weights = scoring_row(seq.tokens, row, prompt_len, cfg)
+    one_pass = (weights * _token_logps(policy, [sample], labels[None])[0]).sum()
+    state = torch.from_numpy(seq.tokens).clone()
+    state[prompt_len:] = cfg.mask_token_id
+    logps = decode_logps(policy, state)
+    shift = int(cfg.logits_shift)
+    expected = sum(logps[pos - shift, int(seq.tokens[pos])] for pos in range(prompt_len, n))
+    assert int((weights > 0).sum()) == n - prompt_len
+    torch.testing.assert_close(one_pass, expected, rtol=1e-10, atol=1e-10)

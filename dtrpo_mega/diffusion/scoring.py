@@ -5,7 +5,12 @@ An objective is a plan of rows per sequence, and the trajectory log-ratio estima
 - `dtrpo`: one row, one sampled step per block, weight S_b (the method);
 - `vrpo`: n rows of random-mask states, weights 1/(n t) (LLaDA 1.5's Monte Carlo ELBO);
 - `exact_trajectory`: row s holds every block at its step s, weight 1; the rows together score
-  every decoding step once, so the sum is the exact trajectory log-ratio (cost: max_b S_b rows).
+  every decoding step once, so the sum is the exact trajectory log-ratio (cost: max_b S_b rows);
+- `mean_field`: plain DPO with the dLLM treated as an all-at-once likelihood (d1's one-step
+  mean-field estimate): one row with the whole response masked, every token scored with weight 1.
+  Its clean half holds the masked response too, so every block sees earlier blocks as [M];
+- `sft`: masked-diffusion SFT (no reference, chosen responses only): one `random_mask` row per
+  sequence, weights 1/t (the ELBO), the training objective of the models themselves.
 
 Full-attention families (LLaDA, Dream) are scored with the same block layout: at inference they
 also see later blocks as [M], so for them one-pass scoring is the method doc's approximation.
@@ -38,6 +43,12 @@ class Objective(str, Enum):
     DTRPO = "dtrpo"
     VRPO = "vrpo"
     EXACT_TRAJECTORY = "exact_trajectory"
+    MEAN_FIELD = "mean_field"
+    SFT = "sft"
+
+    @property
+    def is_preference(self) -> bool:
+        return self != Objective.SFT
 
 
 @dataclass
@@ -72,6 +83,10 @@ def plan_rows(seq: SequenceSpec, model: DLLMConfig, sched: SchedulerConfig, obje
     """The re-masked rows of one sequence; a pure function of (seed, epoch, index, role)."""
     rng = sample_rng(seed, epoch, seq.index, seq.role)
     tokens, p, k, mask = seq.tokens, seq.prompt_len, model.block_size, model.mask_token_id
+    if objective == Objective.SFT:
+        return [remask_random(tokens, p, k, mask, sched, rng)]
+    if objective == Objective.MEAN_FIELD:
+        return [mean_field_row(tokens, p, mask)]
     if objective == Objective.VRPO:
         rows = [remask_random(tokens, p, k, mask, sched, rng) for _ in range(vrpo_samples)]
         for row in rows:
@@ -99,6 +114,14 @@ def exact_rows(tokens: np.ndarray, steps: np.ndarray, mask_id: int) -> list[Rema
     return rows
 
 
+def mean_field_row(tokens: np.ndarray, prompt_len: int, mask_id: int) -> Remasked:
+    """The whole response masked in both halves, every response token scored with weight 1."""
+    noisy, weights = tokens.copy(), np.zeros(len(tokens))
+    noisy[prompt_len:] = mask_id
+    weights[prompt_len:] = 1.0
+    return Remasked(noisy, weights, context=noisy)
+
+
 def logit_index(position: int, length: int, prompt_len: int, block_size: int, shift: bool) -> int:
     """Index in the `[z~ ; y0]` row of the logit that scores the token at `position`.
 
@@ -119,7 +142,8 @@ def scoring_row(clean: np.ndarray, row: Remasked, prompt_len: int, model: DLLMCo
     n, k = len(clean), model.block_size
     if model.logits_shift and prompt_len < 1:
         raise ValueError("a shifted-logits family needs at least one prompt token to score the first response token")
-    sample = block_diffusion_sample(torch.from_numpy(row.noisy), torch.from_numpy(clean), prompt_len, k)
+    context = clean if row.context is None else row.context
+    sample = block_diffusion_sample(torch.from_numpy(row.noisy), torch.from_numpy(context), prompt_len, k)
     labels = torch.zeros(sample.tokens.numel(), dtype=torch.long)
     weights = torch.zeros(sample.tokens.numel(), dtype=torch.float64)
     for position in np.flatnonzero(row.weights):

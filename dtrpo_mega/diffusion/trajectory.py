@@ -129,6 +129,7 @@ class Remasked:
 
     noisy: np.ndarray  # z~: tokens, [M] where re-masked
     weights: np.ndarray  # per position: weight in the estimate (0 = not scored)
+    context: np.ndarray | None = None  # what the clean half holds; None: the clean sequence
 
 
 def steps_per_block(steps: np.ndarray, prompt_len: int, block_size: int) -> list[int]:

@@ -62,8 +62,10 @@ class RowBuilder:
     confidence: ConfidenceTable | None = None  # reference confidences, for order=ref_confidence
 
     def sequences(self, pair: PreferencePair) -> list[SequenceSpec]:
+        """Chosen and rejected; SFT scores the chosen (or completion) response only."""
         out = []
-        for role, response, steps in ((0, pair.chosen, pair.chosen_steps), (1, pair.rejected, pair.rejected_steps)):
+        roles = ((0, pair.chosen, pair.chosen_steps), (1, pair.rejected, pair.rejected_steps))
+        for role, response, steps in roles if self.objective.is_preference else roles[:1]:
             tokens = np.concatenate([pair.prompt, response]).astype(np.int64)
             confidence = self.confidence.of(pair.index, role, len(pair.prompt)) if self.confidence is not None else None
             out.append(SequenceSpec(tokens, len(pair.prompt), pair.index, role, steps, confidence))

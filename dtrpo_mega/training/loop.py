@@ -1,9 +1,9 @@
-"""The dTRPO training loop.
+"""The training loop: dTRPO and its peers, or masked-diffusion SFT (`objective.name=sft`).
 
-Per step: the step's pairs -> rows (re-masked `[z~ ; y0]`) -> reference sums -> policy forward
-and backward through megatron-core's pipeline schedule with the dTRPO loss in the last stage ->
-gradient finalization, clipping and the optimizer step -> metrics -> (maybe) a checkpoint.
-SIGTERM finishes the current step, saves a checkpoint and exits cleanly.
+Per step: the step's pairs -> rows (re-masked `[z~ ; y0]`) -> reference sums (not for SFT) ->
+policy forward and backward through megatron-core's pipeline schedule with the loss in the last
+stage -> gradient finalization, clipping and the optimizer step -> metrics -> (maybe) a
+checkpoint. SIGTERM finishes the current step, saves a checkpoint and exits cleanly.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from megatron.core import parallel_state
 
 from dtrpo_mega.config import TrainConfig
 from dtrpo_mega.losses.preference import LossConfig, dtrpo_loss
+from dtrpo_mega.losses.sft import masked_diffusion_loss
 from dtrpo_mega.parallel.runtime import comm_device
 from dtrpo_mega.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dtrpo_mega.training.metrics import MetricsLogger, reduce_reports
@@ -31,6 +32,11 @@ def policy_loss(cfg: LossConfig, mb: MicroBatch, token_ce: torch.Tensor):
     """The dTRPO loss of a micro-batch from the vocab-parallel per-token cross-entropy."""
     x = mb.extra
     return dtrpo_loss(-token_ce, x["weights"], x["row_pair"], x["row_role"], x["ref_sums"], x["response_lengths"], cfg)
+
+
+def sft_loss(mb: MicroBatch, token_ce: torch.Tensor):
+    x = mb.extra
+    return masked_diffusion_loss(-token_ce, x["weights"], x["row_pair"], x["row_role"], x["response_lengths"])
 
 
 class StopFlag:
@@ -65,7 +71,8 @@ def train(cfg: TrainConfig) -> list[dict]:
               f"{counts['dropped']} dropped by the over-long rule), fingerprint {run.dataset.fingerprint[:12]}; "
               f"{run.order.steps_per_epoch} steps per epoch", flush=True)
     policy = build_policy(run)
-    reference = build_reference(run, policy)
+    preference = cfg.objective.name.is_preference
+    reference = build_reference(run, policy) if preference else None
     optimizer = build_optimizer(policy, cfg.optimizer, bf16=run.dtype == torch.bfloat16)
     start = 0
     ckpt_root = cfg.checkpoint.dir
@@ -81,11 +88,12 @@ def train(cfg: TrainConfig) -> list[dict]:
     logs_here = run.runtime.rank == run.runtime.world_size - 1
     logger = MetricsLogger(cfg.logging.dir, cfg.train.train_steps, start, cfg.to_dict(), cfg.logging.wandb_project, cfg.logging.progress_bar, cfg.logging.log_interval) if logs_here else None
     stop = StopFlag()
-    loss = partial(policy_loss, cfg.loss)
+    loss = partial(policy_loss, cfg.loss) if preference else sft_loss
     for step in range(start, cfg.train.train_steps):
         t0 = time.perf_counter()
         micro = micro_batches_of(run, step)
-        reference.attach(micro)
+        if reference is not None:
+            reference.attach(micro)
         optimizer.zero_grad()
         reports = forward_backward(optimizer.module, micro, loss)
         lr = lr_at(step, cfg.optimizer, cfg.train.train_steps)
@@ -93,9 +101,11 @@ def train(cfg: TrainConfig) -> list[dict]:
         elapsed = time.perf_counter() - t0
         if parallel_state.is_pipeline_last_stage():
             metrics = reduce_reports(reports)
-            tokens = torch.tensor(float(sum(mb.tokens.numel() for mb in micro)), device=comm_device())
-            dist.all_reduce(tokens, group=parallel_state.get_data_parallel_group())
-            metrics.update(grad_norm=grad_norm, lr=lr, pairs_per_s=cfg.train.global_batch_size / elapsed, tokens_per_s=float(tokens) / elapsed)
+            sizes = torch.tensor([float(sum(mb.tokens.numel() for mb in micro)), float(sum(len(mb.tokens) for mb in micro))], device=comm_device())
+            dist.all_reduce(sizes, group=parallel_state.get_data_parallel_group())
+            tokens, rows = sizes.tolist()
+            metrics.update(grad_norm=grad_norm, lr=lr, pairs_per_s=cfg.train.global_batch_size / elapsed, tokens_per_s=tokens / elapsed,
+                           rows_per_pair=rows / cfg.train.global_batch_size, step_s=elapsed)
             if logger is not None:
                 logger.log(step + 1, metrics)
         interrupted = stop.agreed()

@@ -1,8 +1,9 @@
 """Training metrics: reduction over micro-batches and data-parallel ranks, and where they go.
 
 Names follow TRL (`loss`, `rewards/chosen`, `rewards/rejected`, `rewards/accuracies`,
-`rewards/margins`, `logps/chosen`, `logps/rejected`) plus `grad_norm`, `lr`, `scored_tokens`,
-`pairs_per_s`, `tokens_per_s`. The logging rank (the last one: it holds the last pipeline stage)
+`rewards/margins`, `logps/chosen`, `logps/rejected`; SFT reports `loss` only) plus `grad_norm`,
+`lr`, `scored_tokens`, `pairs_per_s`, `tokens_per_s`, `rows_per_pair` (sequence rows the policy
+forwards per pair; a resident reference forwards as many) and `step_s`. The logging rank (the last one: it holds the last pipeline stage)
 writes the console (a progress bar on a terminal, a line per interval otherwise), a JSONL file,
 wandb (offline unless WANDB_API_KEY is set) and, at the end, a PNG of the reward curves.
 """
@@ -22,16 +23,19 @@ from megatron.core import parallel_state
 from dtrpo_mega.losses.preference import METRICS
 from dtrpo_mega.parallel.runtime import comm_device
 
-SUMMED = (*METRICS, "pairs", "scored_tokens")
+COUNTS = ("pairs", "scored_tokens")
+CONSOLE = (("loss", "loss", ".4f"), ("rewards/accuracies", "acc", ".3f"), ("rewards/margins", "margin", "+.4f"),
+           ("rewards/chosen", "chosen", "+.4f"), ("rewards/rejected", "rejected", "+.4f"), ("grad_norm", "grad", ".3f"), ("lr", "lr", ".2e"))
 
 
 def reduce_reports(reports: list[dict]) -> dict[str, float]:
-    """Per-pair means of the last stage's summed reports, over micro-batches and DP ranks."""
-    totals = torch.tensor([[float(r[k]) for k in SUMMED] for r in reports], dtype=torch.float64, device=comm_device()).sum(0)
+    """Per-pair means of the last stage's summed reports (SFT: per example), over micro-batches and DP ranks."""
+    keys = [k for k in (*METRICS, *COUNTS) if k in reports[0]]
+    totals = torch.tensor([[float(r[k]) for k in keys] for r in reports], dtype=torch.float64, device=comm_device()).sum(0)
     dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
-    values = dict(zip(SUMMED, totals.cpu().tolist()))
+    values = dict(zip(keys, totals.cpu().tolist()))
     pairs = values.pop("pairs")
-    out = {k: values[k] / pairs for k in METRICS}
+    out = {k: values[k] / pairs for k in keys if k not in COUNTS}
     out["scored_tokens"] = values["scored_tokens"]
     return out
 
@@ -62,13 +66,11 @@ class MetricsLogger:
         self.jsonl.flush()
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
-        line = (f"step {step:>5d} | loss {metrics['loss']:.4f} | acc {metrics['rewards/accuracies']:.3f} | "
-                f"margin {metrics['rewards/margins']:+.4f} | chosen {metrics['rewards/chosen']:+.4f} | "
-                f"rejected {metrics['rewards/rejected']:+.4f} | grad {metrics['grad_norm']:.3f} | "
-                f"lr {metrics['lr']:.2e} | {metrics['pairs_per_s']:.1f} pairs/s | {metrics['tokens_per_s']:.0f} tok/s")
+        shown = [f"{label} {metrics[k]:{fmt}}" for k, label, fmt in CONSOLE if k in metrics]
+        line = " | ".join([f"step {step:>5d}", *shown, f"{metrics['pairs_per_s']:.1f} pairs/s", f"{metrics['tokens_per_s']:.0f} tok/s"])
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['rewards/accuracies']:.2f}", margin=f"{metrics['rewards/margins']:+.3f}")
+            self.bar.set_postfix_str(" | ".join(shown[:3]))
             if step % self.log_interval == 0:
                 self.bar.write(line)
         elif step % self.log_interval == 0:
@@ -94,6 +96,14 @@ def plot_rewards(jsonl: Path, png: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in records]
+    if "rewards/chosen" not in records[0]:  # SFT: the loss alone
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.plot(steps, [r["loss"] for r in records], color="tab:red")
+        ax.set(title="masked-diffusion SFT loss", xlabel="step")
+        fig.tight_layout()
+        fig.savefig(png, dpi=100)
+        plt.close(fig)
+        return png
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
         axes[0].plot(steps, [r[key] for r in records], label=key)

@@ -103,6 +103,8 @@ def precompute_confidence(run: Run, out) -> None:
 
 
 def precompute(cfg, product: str, out, epochs: int = 1) -> None:
+    if not cfg.objective.name.is_preference:
+        raise ValueError("objective.name=sft has no reference to precompute")
     run = setup_run(cfg)
     if product == "sums":
         precompute_sums(run, epochs, out)

@@ -48,6 +48,9 @@ def setup_run(cfg: TrainConfig) -> Run:
     model_cfg = resolve_model_config(cfg)
     model_cfg.check_parallel(runtime.tp, runtime.pp)
     dataset = cfg.data.open(model_cfg)
+    if cfg.objective.name.is_preference and dataset.kind != "preference":
+        raise ValueError(f"data.path={cfg.data.path} holds {dataset.kind} examples, but objective.name={cfg.objective.name.value} "
+                         "needs preference pairs (objective.name=sft trains on prompt-completion data)")
     bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else torch.cuda.is_available()
     rows = RowBuilder(model_cfg, cfg.scheduler, cfg.objective.name, cfg.train.seed, cfg.objective.vrpo_samples, cfg.data.pad_to_multiple)
     order = DataOrder(len(dataset), cfg.train.global_batch_size, cfg.train.seed)
