@@ -1,5 +1,7 @@
 """A tiny synthetic preference task and its tokenizer, for the demo and the tests (no hub access).
 
+The tokenizer's words also cover the sorting task of `dtrpo_mega.reproduce`.
+
 Task: "count up from a :" -> "a a+1 ... a+L-1" (numbers mod 100). The chosen answer counts
 correctly; the rejected one has a few numbers replaced, so preference is verifiable and
 learnable by a tiny model. The tokenizer is a Hugging Face `tokenizer.json` (WordLevel) with the
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|begin_of_text|>"]
-WORDS = ["system", "user", "assistant", "count", "up", "from", ":", "<unk>"] + [str(i) for i in range(100)]
+WORDS = ["system", "user", "assistant", "count", "up", "from", ":", "<unk>"] + [str(i) for i in range(100)] + ["sort"]
 
 
 def write_tokenizer(path: str | Path) -> Path:

@@ -48,6 +48,8 @@ def test_score_numeric_choice_and_code():
     code = Example("3", "q", TaskKind.CODE, tests="assert add(2, 3) == 5", prefix="def add(a, b):\n")
     assert score(code, "```python\n    return a + b\n```").correct
     assert not score(code, "    return a - b").correct
+    exact = Example("4", "q", TaskKind.EXACT, answer="3 5  12")
+    assert score(exact, " 3 5\n12 ").correct and not score(exact, "3 5 12 12").correct and not score(exact, "35 12").correct
 
 
 def test_executor_kills_an_infinite_loop_in_time():

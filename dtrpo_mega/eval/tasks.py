@@ -1,8 +1,9 @@
 """Evaluation examples from local JSONL and how a response is scored against one.
 
 One JSON object per line: `prompt` (text, or a list of `{"role", "content"}` messages), `kind`
-(`numeric`, `choice` or `code`), and
-- numeric / choice: `answer` (a number; a letter), choice optionally `choices` (default "ABCD");
+(`numeric`, `choice`, `exact` or `code`), and
+- numeric / choice / exact: `answer` (a number; a letter; the whole expected response, compared
+  with runs of whitespace collapsed), choice optionally `choices` (default "ABCD");
 - code: `tests` (Python run after the program; an exception or non-zero exit fails it) and
   optionally `prefix` (code placed before the response, e.g. a function signature).
 Optional `id`; blank lines are skipped.
@@ -26,6 +27,7 @@ FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 class TaskKind(str, Enum):
     NUMERIC = "numeric"
     CHOICE = "choice"
+    EXACT = "exact"
     CODE = "code"
 
 
@@ -84,5 +86,8 @@ def score(example: Example, response: str, limits: Limits = Limits()) -> Score:
     if example.kind == TaskKind.CHOICE:
         got = extract_choice(response, example.choices)
         return Score(got == example.answer.strip().upper(), got)
+    if example.kind == TaskKind.EXACT:
+        got = " ".join(response.split())
+        return Score(got == " ".join(example.answer.split()), got)
     result = run_code(program(example, response), limits)
     return Score(result.passed, "timeout" if result.timed_out else ("pass" if result.passed else "fail"))
