@@ -1,4 +1,4 @@
-"""The cost benchmark counts what each objective puts through the model (timings are not tested)."""
+"""The benchmarks count what goes through the model and check their own consistency (timings are not tested)."""
 
 import argparse
 import importlib.util
@@ -26,3 +26,18 @@ def test_rows_and_tokens_per_pair(world_of_one):
     # Exact trajectory: one row per step index; a block of 8 with its own first token has 8 steps.
     assert got["exact_trajectory"]["rows_per_pair"] == 2 * 8
     assert all(r["ms_per_pair"] > 0 and r["peak_mib"] > 0 for r in got.values())
+
+
+def test_decoding_benchmark_checks_the_cache_and_writes_json(world_of_one, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "decoding.json"
+    cmd = [sys.executable, "tools/bench_decoding.py", "--vocab", "300", "--hidden", "64", "--layers", "1", "--block", "8", "--sub-block", "4",
+           "--prompt", "5", "--new", "12", "--batch", "2", "--threads", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["new_tokens"], r["kv_cache"]) for r in rows] == [(12, False), (12, True)]
+    assert rows[0]["model_calls"] == rows[1]["model_calls"] and all(r["tokens_per_s"] > 0 for r in rows)

@@ -49,6 +49,15 @@ def _run(family, prompts, boost=None, **decode):
     return model.dllm_config, generations, stats, recorder.calls
 
 
+def _absolute(layout, logits, row=0):
+    """A call's logits of one row by absolute slot (a cached call forwards only a span); NaN elsewhere."""
+    real = layout.segments[row] > 0
+    positions = layout.positions[row][real]
+    out = torch.full((int(positions.max()) + 1, logits.shape[-1]), float("nan"), dtype=logits.dtype)
+    out[positions] = logits[row][real]
+    return out
+
+
 def _confidence(logits, cfg):
     probs = torch.softmax(logits[..., : cfg.vocab_size].float(), -1)
     probs[..., cfg.mask_token_id] = 0.0
@@ -79,11 +88,11 @@ def test_threshold_one_reveals_one_token_per_step_by_confidence(world_of_one, fa
     assert sorted(gen.reveal_steps) == list(range(len(gen.tokens))) == list(range(len(calls)))
     assert stats.tokens_per_forward == 1.0
     steps = np.asarray(gen.reveal_steps)
-    for s, (tokens, _, logits) in enumerate(calls):
+    for s, (tokens, layout, logits) in enumerate(calls):
         pos = p + int(np.flatnonzero(steps == s)[0])
         if shift and pos % cfg.block_size == 0:
             continue  # a block's first token: its own forced step
-        conf, argmax = _confidence(logits[0], cfg)
+        conf, argmax = _confidence(_absolute(layout, logits), cfg)
         sub = pos // cfg.sub_block_size
         block_stop = (pos // cfg.block_size + 1) * cfg.block_size
         masked = [q for q in range(p, min(block_stop, p + len(steps))) if steps[q - p] >= s and q // cfg.sub_block_size == sub]
@@ -106,7 +115,7 @@ def test_reveals_stay_in_the_current_block_and_sub_block(world_of_one, family, d
         earlier_unfinished = positions[(positions // k < revealed[0] // k) & (steps > s)]
         assert len(earlier_unfinished) == 0
         if cfg.attention == MaskVariant.BLOCK_DIFFUSION:  # the decoder sees nothing past the current block
-            assert int((layout.segments[0] > 0).sum()) == min((revealed[0] // k + 1) * k, p + 19)
+            assert int(layout.positions[0][layout.segments[0] > 0].max()) + 1 == min((revealed[0] // k + 1) * k, p + 19)
     for block in response_blocks(p, p + len(steps), k):
         idx = np.asarray(block) - p
         later = steps[idx.max() + 1 :]
@@ -120,6 +129,34 @@ def test_stops_at_end_of_turn(world_of_one, family):
     for gen in gens:
         assert gen.ended and gen.tokens == [EOT] and len(gen.reveal_steps) == 1
     assert len(calls) <= 2 * cfg.block_size // cfg.sub_block_size + 1  # one block's worth, not 40 tokens'
+
+
+@pytest.mark.parametrize("family,decode", [("fast_dllm_v2", dict(threshold=0.5)), ("fast_dllm_v2", dict(tokens_per_step=1)),
+                                           ("sdar", dict(tokens_per_step=2))])
+def test_kv_cache_gives_the_uncached_logits_and_tokens(world_of_one, family, decode):
+    """Cached calls forward only the span after the cache; every logit they give equals the one of
+    recomputing the clean prefix (float64), so the generations are identical."""
+    torch.manual_seed(0)
+    model = build_model(model_config(family, num_layers=2)).double().eval()
+    prompts = [_prompt(5, 11), _prompt(8, 12), _prompt(13, 13)]  # partial and whole prompt blocks
+    runs = {}
+    for kv_cache in (True, False):
+        recorder = Recorder(model)
+        sampler = Sampler(recorder, model.dllm_config, DecodeConfig(max_new_tokens=21, kv_cache=kv_cache, **decode))
+        runs[kv_cache] = sampler.generate(prompts)[0], recorder.calls
+    (cached, cached_calls), (full, full_calls) = runs[True], runs[False]
+    assert [g.tokens for g in cached] == [g.tokens for g in full] and [g.reveal_steps for g in cached] == [g.reveal_steps for g in full]
+    assert len(cached_calls) == len(full_calls)
+    spans = 0
+    for (_, layout, logits), (_, full_layout, full_logits) in zip(cached_calls, full_calls):
+        for row in range(logits.shape[0]):
+            if not bool((layout.segments[row] > 0).any()):
+                continue
+            got, want = _absolute(layout, logits, row), _absolute(full_layout, full_logits, row)
+            present = ~got[:, 0].isnan()
+            spans += int(present.sum())
+            torch.testing.assert_close(got[present], want[: len(got)][present], rtol=1e-10, atol=1e-10)
+    assert spans < sum(int((lay.segments > 0).sum()) for _, lay, _ in full_calls)  # the cache saved work
 
 
 def test_batch_equals_one_by_one_and_temperature_is_seeded(world_of_one):

@@ -2,12 +2,13 @@
 
   python tools/generate.py --ckpt CKPT --tokenizer TOK (--prompt TEXT ... | --prompts FILE.jsonl)
                            [--threshold 0.9] [--tokens-per-step K] [--temperature 0] [--max-new-tokens 256]
-                           [--batch-size 8] [--seed 0] [--plain] [--record-trajectory OUT.jsonl]
+                           [--batch-size 8] [--seed 0] [--plain] [--no-kv-cache] [--record-trajectory OUT.jsonl]
 
 CKPT: a model folder, a training checkpoint (iter_*), a training root, or a Hugging Face folder
 (imported to a temporary folder first; --mask-token-id when its config.json has none). A JSONL
 line holds `prompt` (text, or chat messages). A text prompt is rendered as one user turn, or
-after BOS only with --plain.
+after BOS only with --plain. Block-diffusion families cache the keys and values of finished
+blocks; --no-kv-cache recomputes them each step instead (the same logits, slower).
 --record-trajectory writes one line per generation: prompt, response text, `response_ids` and
 `steps` (each response token's reveal step, end-of-turn included: a `chosen_steps` /
 `rejected_steps` list), `ended`, and `retokenizes` (the response text tokenizes back to exactly

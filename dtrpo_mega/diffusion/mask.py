@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from dtrpo_mega.models.kv_cache import CacheCall
 
 PAD_SEGMENT = 0
 
@@ -68,6 +72,7 @@ class TokenLayout:
     segments: Tensor
     variant: MaskVariant
     block_size: int
+    kv_cache: CacheCall | None = None  # decoding: the call's use of a block KV cache (models/kv_cache.py)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -113,7 +118,7 @@ class TokenLayout:
     def to(self, device) -> "TokenLayout":
         return TokenLayout(
             self.positions.to(device), self.noisy.to(device), self.segments.to(device),
-            self.variant, self.block_size,
+            self.variant, self.block_size, self.kv_cache,
         )
 
 

@@ -9,10 +9,12 @@ With shifted logits (Fast-dLLM v2, Dream) token j is read from the logit at j-1,
 first token is its own, autoregressive step (read from the clean previous block).
 
 What a step forwards depends on the attention:
-- block diffusion: the clean finished blocks plus the current block, block-causal. The clean
-  prefix is exactly what a KV cache would hold (it never sees the current block); it is
-  recomputed each call instead of cached;
-- bidirectional (LLaDA, Dream): the whole sequence, later blocks still [M].
+- block diffusion: the clean finished blocks plus the current block, block-causal. With
+  `kv_cache` (default) the finished blocks' keys and values are cached (models/kv_cache.py) and a
+  call forwards only the span after its row's cache: the blocks finished since the last call
+  (appended to the cache) and the current block. Without it, the clean prefix is recomputed;
+- bidirectional (LLaDA, Dream): the whole sequence, later blocks still [M] (no exact cache: the
+  earlier blocks see the later ones).
 Every revealed token records its step (a per-sequence counter), ready for `logged_steps`.
 """
 
@@ -25,9 +27,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dtrpo_mega.diffusion.mask import MaskVariant, TokenLayout, collate, plain_sample
+from dtrpo_mega.diffusion.mask import MaskVariant, PackedSample, TokenLayout, collate, plain_sample
 from dtrpo_mega.diffusion.trajectory import response_blocks
 from dtrpo_mega.models.config import DLLMConfig
+from dtrpo_mega.models.kv_cache import BlockKVCache, CacheCall
 
 Forward = Callable[[Tensor, TokenLayout], Tensor]  # (input_ids [b, s], layout) -> logits [b, s, v]
 
@@ -39,6 +42,7 @@ class DecodeConfig:
     tokens_per_step: int | None = None  # fixed reveals per step instead of the threshold
     temperature: float = 0.0  # 0: greedy; > 0: sample, confidence = the sample's probability
     end_of_turn_id: int | None = None  # stop once a finished block holds it
+    kv_cache: bool = True  # block diffusion: cache finished blocks' keys and values
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -81,10 +85,12 @@ class DecodeStats:
 class _Row:
     """Decoding state of one sequence: prompt + response slots ([M] until revealed)."""
 
+    index: int  # row of the batch (and of the KV cache)
     seq: Tensor
     prompt_len: int
     blocks: list[range]
     steps: Tensor  # per slot: reveal step, -1 while masked (prompt slots: -1)
+    cached: int = 0  # leading slots whose keys and values are in the KV cache
     block: int = 0
     passes: int = 0
     done: bool = False
@@ -105,33 +111,42 @@ class Sampler:
         """Decode every prompt (token ids, any lengths); one model call per step serves the batch."""
         if self.cfg.logits_shift and any(len(p) < 1 for p in prompts):
             raise ValueError("a shifted-logits family needs at least one prompt token")
-        rows = [self._start(p) for p in prompts]
+        rows = [self._start(i, p) for i, p in enumerate(prompts)]
+        cache = BlockKVCache() if self.decode.kv_cache and self.cfg.attention == MaskVariant.BLOCK_DIFFUSION else None
         start, calls = time.perf_counter(), 0
         with torch.no_grad():
             while active := [r for r in rows if not r.done]:
-                logits = self._forward(active)
+                offsets = [r.cached for r in active]
+                logits = self._forward(active, cache)
                 calls += 1
                 for i, row in enumerate(active):
-                    self._step(row, logits[i], generator)
+                    self._step(row, logits[i, : row.current.stop - offsets[i]], offsets[i], generator)
         out = [self._finish(r) for r in rows]
         stats = DecodeStats(sum(len(g.tokens) for g in out), sum(g.forward_passes for g in out), calls, time.perf_counter() - start)
         return out, stats
 
-    def _start(self, prompt: list[int]) -> _Row:
+    def _start(self, index: int, prompt: list[int]) -> _Row:
         p, n = len(prompt), len(prompt) + self.decode.max_new_tokens
         seq = torch.full((n,), self.cfg.mask_token_id, dtype=torch.long)
         seq[:p] = torch.as_tensor(prompt, dtype=torch.long)
-        return _Row(seq, p, response_blocks(p, n, self.cfg.block_size), torch.full((n,), -1, dtype=torch.long))
+        return _Row(index, seq, p, response_blocks(p, n, self.cfg.block_size), torch.full((n,), -1, dtype=torch.long))
 
-    def _decoder_input(self, row: _Row) -> Tensor:
-        """Block diffusion: clean finished blocks (the cache) + current block; else everything."""
-        if self.cfg.attention == MaskVariant.BLOCK_DIFFUSION:
-            return row.seq[: row.current.stop]
-        return row.seq
+    def _decoder_input(self, row: _Row) -> PackedSample:
+        """Block diffusion: clean finished blocks (from the cache on) + current block; else everything."""
+        if self.cfg.attention != MaskVariant.BLOCK_DIFFUSION:
+            return plain_sample(row.seq)
+        span = row.seq[row.cached : row.current.stop]
+        return PackedSample(span, torch.arange(row.cached, row.current.stop), torch.zeros(span.numel(), dtype=torch.bool))
 
-    def _forward(self, rows: list[_Row]) -> Tensor:
-        samples = [plain_sample(self._decoder_input(r)) for r in rows]
-        tokens, layout = collate(samples, self.cfg.attention, self.cfg.block_size, pad_id=0)
+    def _forward(self, rows: list[_Row], cache: BlockKVCache | None) -> Tensor:
+        """Logits [b, s, v] of each row's decoder input (row i's slot `row.cached + j` at j)."""
+        tokens, layout = collate([self._decoder_input(r) for r in rows], self.cfg.attention, self.cfg.block_size, pad_id=0)
+        if cache is not None:
+            # the finished blocks before the current one go into the cache once this call has used them
+            done = [(r.current.start // self.cfg.block_size) * self.cfg.block_size for r in rows]
+            layout.kv_cache = CacheCall(cache, tuple(r.index for r in rows), tuple(d - r.cached for d, r in zip(done, rows)))
+            for row, d in zip(rows, done):
+                row.cached = d
         return self.model(tokens.to(self.device), layout.to(self.device)).float().cpu()
 
     def _candidates(self, row: _Row) -> tuple[list[int], bool]:
@@ -144,9 +159,10 @@ class Sampler:
         sub = masked[0] // self.cfg.sub_block_size
         return [p for p in masked if p // self.cfg.sub_block_size == sub], False
 
-    def _step(self, row: _Row, logits: Tensor, generator: torch.Generator | None) -> None:
+    def _step(self, row: _Row, logits: Tensor, offset: int, generator: torch.Generator | None) -> None:
+        """One step of a row; `logits[j]` belongs to slot `offset + j`."""
         positions, forced = self._candidates(row)
-        idx = torch.tensor(positions) - int(self.cfg.logits_shift)
+        idx = torch.tensor(positions) - int(self.cfg.logits_shift) - offset
         scores = logits[idx, : self.cfg.vocab_size].clone()
         scores[:, self.cfg.mask_token_id] = float("-inf")  # never reveal [M]
         tokens, confidence = self._pick(scores, generator)

@@ -22,6 +22,7 @@ def add_decoder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--plain", action="store_true", help="render text prompts without the chat template's turns")
+    parser.add_argument("--no-kv-cache", action="store_true", help="block diffusion: recompute finished blocks instead of caching them")
     parser.add_argument("--mask-token-id", type=int, help="Hugging Face source only: mask token id when config.json has none")
 
 
@@ -38,6 +39,7 @@ def build_decoder(args: argparse.Namespace) -> Decoder:
     model = load_for_decoding(args.ckpt, args.dtype, **options)
     cfg = model.dllm_config
     renderer = PromptRenderer.for_family(cfg.family, args.tokenizer, plain=args.plain)
-    decode = DecodeConfig(args.max_new_tokens, args.threshold, args.tokens_per_step, args.temperature, renderer.end_of_turn_id)
+    decode = DecodeConfig(args.max_new_tokens, args.threshold, args.tokens_per_step, args.temperature, renderer.end_of_turn_id,
+                          kv_cache=not args.no_kv_cache)
     sampler = Sampler(model, cfg, decode, next(model.parameters()).device)
     return Decoder(sampler, renderer, torch.Generator().manual_seed(args.seed), args.batch_size)

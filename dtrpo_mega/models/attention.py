@@ -10,6 +10,8 @@ each deriving its mask from `dtrpo_mega.diffusion.mask.may_attend`:
   its fused cuDNN kernel; an `arbitrary` boolean mask would drop TE to its unfused path.
 - `flex`: torch flex_attention with a block-sparse mask built from the same predicate
   (compiled on CUDA; eager, unfused reference on CPU).
+A decoder call with a block KV cache (`layout.kv_cache`) attends to the cached keys plus its
+span's own, through torch scaled_dot_product_attention whatever the backend.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import Tensor
 
 from megatron.core.transformer.module import MegatronModule
 
-from dtrpo_mega.diffusion.mask import TokenLayout, may_attend
+from dtrpo_mega.diffusion.mask import PAD_SEGMENT, TokenLayout, may_attend
 from dtrpo_mega.models.rotary import apply_rotary, rotary_tables
 
 
@@ -121,6 +123,7 @@ class DLLMCoreAttention(MegatronModule):
         if config.context_parallel_size != 1:
             raise ValueError("context parallelism is not supported by the dLLM core attention")
         self.backend = resolve_backend(backend)
+        self.layer_number = layer_number
         self.rope_theta = rope_theta
         self.head_dim = config.kv_channels
         self.softmax_scale = softmax_scale if softmax_scale is not None else self.head_dim**-0.5
@@ -160,7 +163,9 @@ class DLLMCoreAttention(MegatronModule):
                 core_attention_bias_type="post_scale_bias", core_attention_bias=bias,
             )
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
-        if self.backend == AttentionBackend.FLEX:
+        if layout.kv_cache is not None:
+            out = self._cached_attention(q, k, v, layout)
+        elif self.backend == AttentionBackend.FLEX:
             flex = _compiled_flex() if q.is_cuda else _eager_flex()
             out = flex(q, k, v, block_mask=flex_block_mask(layout, q.device), scale=self.softmax_scale, enable_gqa=k.shape[1] != q.shape[1])
         else:
@@ -169,6 +174,14 @@ class DLLMCoreAttention(MegatronModule):
                 enable_gqa=k.shape[1] != q.shape[1],
             )
         return out.permute(2, 0, 1, 3).reshape(s, b, -1)
+
+    def _cached_attention(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
+        """The span attends to every cached key of its row (all earlier, finished blocks) and to
+        its own keys by the predicate; padding queries see only padding."""
+        k, v, cached = layout.kv_cache.extend(self.layer_number, k, v)
+        real = (layout.segments != PAD_SEGMENT).to(q.device)
+        mask = torch.cat([cached[:, None, None, :] & real[:, None, :, None], layout.allowed().to(q.device)], dim=-1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.softmax_scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
 def _eager_flex():
