@@ -126,6 +126,18 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, counting_data):
 
 
 @pytest.mark.slow
+def test_stop_flag_catches_sigterm_only_while_training():
+    from dtrpo_mega.training.loop import StopFlag
+
+    before = signal.getsignal(signal.SIGTERM)
+    flag = StopFlag()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.05)
+    assert flag.requested
+    flag.restore()  # a process that trains in-process (the reproduction) stays killable afterwards
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, counting_data):
     import psutil
 

@@ -40,11 +40,15 @@ def sft_loss(mb: MicroBatch, token_ce: torch.Tensor):
 
 
 class StopFlag:
-    """Set by SIGTERM on any rank; every rank agrees on it at the end of each step."""
+    """Set by SIGTERM on any rank; every rank agrees on it at the end of each step. The previous
+    handler comes back with `restore()`, so a process that trains in-process stays killable."""
 
     def __init__(self):
         self.requested = False
-        signal.signal(signal.SIGTERM, self._handle)
+        self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
 
     def _handle(self, signum, frame):
         self.requested = True
@@ -89,34 +93,37 @@ def train(cfg: TrainConfig) -> list[dict]:
     logger = MetricsLogger(cfg.logging.dir, cfg.train.train_steps, start, cfg.to_dict(), cfg.logging.wandb_project, cfg.logging.progress_bar, cfg.logging.log_interval) if logs_here else None
     stop = StopFlag()
     loss = partial(policy_loss, cfg.loss) if preference else sft_loss
-    for step in range(start, cfg.train.train_steps):
-        t0 = time.perf_counter()
-        micro = micro_batches_of(run, step)
-        if reference is not None:
-            reference.attach(micro)
-        optimizer.zero_grad()
-        reports = forward_backward(optimizer.module, micro, loss)
-        lr = lr_at(step, cfg.optimizer, cfg.train.train_steps)
-        grad_norm = optimizer.step(cfg.train.global_batch_size, lr)
-        elapsed = time.perf_counter() - t0
-        if parallel_state.is_pipeline_last_stage():
-            metrics = reduce_reports(reports)
-            sizes = torch.tensor([float(sum(mb.tokens.numel() for mb in micro)), float(sum(len(mb.tokens) for mb in micro))], device=comm_device())
-            dist.all_reduce(sizes, group=parallel_state.get_data_parallel_group())
-            tokens, rows = sizes.tolist()
-            metrics.update(grad_norm=grad_norm, lr=lr, pairs_per_s=cfg.train.global_batch_size / elapsed, tokens_per_s=tokens / elapsed,
-                           rows_per_pair=rows / cfg.train.global_batch_size, step_s=elapsed)
-            if logger is not None:
-                logger.log(step + 1, metrics)
-        interrupted = stop.agreed()
-        interval = cfg.checkpoint.save_interval
-        last = step + 1 == cfg.train.train_steps
-        if ckpt_root and (interrupted or last or (interval and (step + 1) % interval == 0)):
-            save_checkpoint(ckpt_root, step + 1, policy, optimizer, cfg.to_dict())
-        if interrupted:
-            if run.runtime.rank == 0:
-                print(f"SIGTERM: saved a checkpoint at step {step + 1} and stopped", flush=True)
-            break
+    try:
+        for step in range(start, cfg.train.train_steps):
+            t0 = time.perf_counter()
+            micro = micro_batches_of(run, step)
+            if reference is not None:
+                reference.attach(micro)
+            optimizer.zero_grad()
+            reports = forward_backward(optimizer.module, micro, loss)
+            lr = lr_at(step, cfg.optimizer, cfg.train.train_steps)
+            grad_norm = optimizer.step(cfg.train.global_batch_size, lr)
+            elapsed = time.perf_counter() - t0
+            if parallel_state.is_pipeline_last_stage():
+                metrics = reduce_reports(reports)
+                sizes = torch.tensor([float(sum(mb.tokens.numel() for mb in micro)), float(sum(len(mb.tokens) for mb in micro))], device=comm_device())
+                dist.all_reduce(sizes, group=parallel_state.get_data_parallel_group())
+                tokens, rows = sizes.tolist()
+                metrics.update(grad_norm=grad_norm, lr=lr, pairs_per_s=cfg.train.global_batch_size / elapsed, tokens_per_s=tokens / elapsed,
+                               rows_per_pair=rows / cfg.train.global_batch_size, step_s=elapsed)
+                if logger is not None:
+                    logger.log(step + 1, metrics)
+            interrupted = stop.agreed()
+            interval = cfg.checkpoint.save_interval
+            last = step + 1 == cfg.train.train_steps
+            if ckpt_root and (interrupted or last or (interval and (step + 1) % interval == 0)):
+                save_checkpoint(ckpt_root, step + 1, policy, optimizer, cfg.to_dict())
+            if interrupted:
+                if run.runtime.rank == 0:
+                    print(f"SIGTERM: saved a checkpoint at step {step + 1} and stopped", flush=True)
+                break
+    finally:
+        stop.restore()
     if logger is not None:
         png = logger.close()
         print(f"metrics: {logger.run_dir / 'metrics.jsonl'}; reward curves: {png}", flush=True)
