@@ -6,7 +6,7 @@ Writes the synthetic counting preferences and their tokenizer once (under the co
 path), preprocesses them into the indexed format, removes the previous demo run's checkpoints
 and metrics, then launches `torchrun -m dtrpo_mega.train --config ...`. Metrics, the
 reward-curve PNG and checkpoints go under runs/demo/. For resumable training, run
-`python -m dtrpo_mega.train` directly (examples/train_tiny_cpu.sh).
+`python -m dtrpo_mega.train` directly (or examples/train.sh).
 """
 
 from __future__ import annotations
