@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import REPO
+from dtrpo_mega.reproduce.results import RESULTS_BEGIN
 from dtrpo_mega.reproduce.task import SortingTask
 
 REDUCED = [
@@ -52,7 +53,7 @@ def test_reproduction_runs_end_to_end_and_resumes(tmp_path):
     _run(out, report)
     assert {p: p.stat().st_mtime_ns for p in kept} == kept, "a finished stage ran again"
     rerun = report.read_text()
-    assert rerun.startswith("# Notes by hand") and rerun.endswith("More notes.\n") and rerun.count("| dTRPO |") == 1
+    assert rerun.startswith("# Notes by hand") and rerun.endswith("More notes.\n") and rerun.count(RESULTS_BEGIN) == 1
 
 
 def test_kept_stages_are_reused_only_by_their_config(tmp_path):

@@ -94,10 +94,13 @@ def load_repro_config(path: str | Path | None, overrides: list[str] = ()) -> Rep
 
 
 def _cached(path: Path, make) -> dict:
+    """A stage's result: read back if it finished before, else made and written atomically."""
     if path.is_file():
         return json.loads(path.read_text())
     value = make()
-    path.write_text(json.dumps(value, indent=1) + "\n")
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(value, indent=1) + "\n")
+    partial.replace(path)
     return value
 
 

@@ -74,12 +74,14 @@ def markdown(results: list[dict], rows: list[MethodSummary], command: str, plot_
         f"Every method: {pref['steps']} optimizer steps x {pref['global_batch_size']} pairs, lr {pref['lr']}, beta {cfg['beta']}, "
         f"NLL weight {cfg['nll_weight']}, from the seed's SFT model, resident reference.",
         "",
-        "| method | accuracy gain (pp, mean ± std) | accuracy after (%) | forward passes / pair | train time (s, mean) | time vs dTRPO | decoding tokens / forward |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| method | accuracy gain (pp, mean ± std) | minus dTRPO's gain (pp, paired) | accuracy after (%) | forward passes / pair | "
+        "train time (s, mean) | time vs dTRPO | decoding tokens / forward |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         seconds = statistics.fmean(r.train_seconds)
-        lines.append(f"| {r.label} | {_fmt(*r.gain, signed=True)} | {_fmt(*_mean_std(r.after))} | {r.passes_per_pair:.1f} | "
+        paired = _fmt(*_mean_std([g - b for g, b in zip(r.gains, base.gains)]), signed=True) if r is not base else "-"
+        lines.append(f"| {r.label} | {_fmt(*r.gain, signed=True)} | {paired} | {_fmt(*_mean_std(r.after))} | {r.passes_per_pair:.1f} | "
                      f"{seconds:.1f} | {seconds / statistics.fmean(base.train_seconds):.2f}x | {r.tokens_per_forward:.2f} |")
     lines += ["", "Per seed (accuracy %, SFT -> after each method):", "",
               "| seed | SFT | pairs | " + " | ".join(r.label for r in rows) + " |", "| --- " * (len(rows) + 3) + "|"]
@@ -118,7 +120,9 @@ def plot(rows: list[MethodSummary], png: Path) -> Path:
             ax.errorbar([statistics.fmean(xs)], [mean], yerr=[std], fmt="o", capsize=4, color=f"C{i}", label=r.label)
         ax.axhline(0, color="grey", lw=0.6)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set(xlabel=xlabel, ylabel="held-out accuracy gain over SFT (pp)")
     axes[0].legend(fontsize=8)
     fig.suptitle("accuracy gain against training cost (points: seeds; bars: mean ± std)")
