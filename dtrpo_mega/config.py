@@ -202,6 +202,11 @@ def apply_override(tree: dict, override: str) -> None:
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
     """YAML file (optional) then `section.key=value` overrides, into a validated TrainConfig."""
+    return load_dataclass(TrainConfig, path, overrides)
+
+
+def load_dataclass(cls, path: str | Path | None = None, overrides: list[str] = ()):
+    """Any config dataclass from a YAML file (optional) then `section.key=value` overrides."""
     tree = {}
     if path is not None:
         try:
@@ -212,4 +217,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
             raise ValueError(f"{path}: the top level must be a mapping of sections")
     for override in overrides:
         apply_override(tree, override)
-    return build_dataclass(TrainConfig, tree, "")
+    return build_dataclass(cls, tree, "")

@@ -18,15 +18,12 @@ import time
 
 import torch
 
+from dtrpo_mega.benchmark import add_backbone_options, backbone_config
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", default="fast_dllm_v2")
-    parser.add_argument("--vocab", type=int, default=4096)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--block", type=int, default=32)
-    parser.add_argument("--sub-block", type=int, default=8)
+    add_backbone_options(parser)
     parser.add_argument("--tokens-per-step", type=int, default=2)
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--new", type=int, nargs="+", default=[64, 256], help="new tokens per sequence")
@@ -37,14 +34,11 @@ def main() -> None:
 
     from dtrpo_mega.diffusion.sampler import DecodeConfig, Sampler
     from dtrpo_mega.models.dllm import build_model
-    from dtrpo_mega.models.families import model_config
     from dtrpo_mega.parallel.runtime import ParallelConfig, initialize
 
     initialize(ParallelConfig(), seed=0)
     torch.set_num_threads(args.threads)
-    cfg = model_config(args.family, vocab_size=args.vocab, hidden_size=args.hidden, ffn_hidden_size=4 * args.hidden, num_layers=args.layers,
-                       num_attention_heads=args.hidden // 64, num_query_groups=max(args.hidden // 128, 1), block_size=args.block,
-                       sub_block_size=args.sub_block)
+    cfg = backbone_config(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = build_model(cfg).eval()
     prompts = torch.randint(0, args.vocab - 1, (args.batch, args.prompt), generator=torch.Generator().manual_seed(0)).tolist()

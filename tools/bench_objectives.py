@@ -25,6 +25,8 @@ import time
 import numpy as np
 import torch
 
+from dtrpo_mega.benchmark import add_backbone_options, backbone_config
+
 OBJECTIVES = ["dpo_causal", "dtrpo", "vrpo_1", "vrpo_4", "vrpo_8", "exact_trajectory"]
 
 
@@ -55,14 +57,11 @@ def micro_batch(objective: str, args, model_cfg):
 def run_one(objective: str, args) -> dict:
     """Time and memory of one objective, in this process."""
     from dtrpo_mega.models.dllm import build_model
-    from dtrpo_mega.models.families import model_config
     from dtrpo_mega.parallel.runtime import ParallelConfig, initialize
 
     initialize(ParallelConfig(), seed=0)
     torch.set_num_threads(args.threads)
-    cfg = model_config(args.family, vocab_size=args.vocab, hidden_size=args.hidden, ffn_hidden_size=4 * args.hidden,
-                       num_layers=args.layers, num_attention_heads=args.heads, num_query_groups=args.groups,
-                       block_size=args.block, sub_block_size=args.sub_block, attention_backend=args.backend)
+    cfg = backbone_config(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" and args.bf16 else torch.float32
     policy, reference = build_model(cfg, params_dtype=dtype), build_model(cfg, params_dtype=dtype).eval()
@@ -115,14 +114,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", default="fast_dllm_v2")
-    parser.add_argument("--vocab", type=int, default=4096)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--groups", type=int, default=2)
-    parser.add_argument("--block", type=int, default=32)
-    parser.add_argument("--sub-block", type=int, default=8)
+    add_backbone_options(parser)
     parser.add_argument("--tokens-per-step", type=int, default=1)
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--response", type=int, default=128)
@@ -130,7 +122,6 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2, help="pairs per micro-batch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--backend", default="auto", help="attention backend: auto, local, te, flex")
     parser.add_argument("--bf16", action="store_true", help="bf16 on CUDA")
     parser.add_argument("--objectives", nargs="+", default=OBJECTIVES)
     parser.add_argument("--only", help=argparse.SUPPRESS)

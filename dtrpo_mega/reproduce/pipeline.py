@@ -24,9 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
-from dtrpo_mega.config import TrainConfig, apply_override, build_dataclass
+from dtrpo_mega.config import TrainConfig, build_dataclass, load_dataclass
 from dtrpo_mega.data import build_preference_dataset
 from dtrpo_mega.diffusion.sampler import DecodeConfig, Sampler
 from dtrpo_mega.eval.model import PromptRenderer, load_for_decoding, model_folder
@@ -87,10 +86,7 @@ METHODS = {
 
 
 def load_repro_config(path: str | Path | None, overrides: list[str] = ()) -> ReproConfig:
-    tree = yaml.safe_load(Path(path).read_text()) if path else {}
-    for override in overrides:
-        apply_override(tree, override)
-    return build_dataclass(ReproConfig, tree or {})
+    return load_dataclass(ReproConfig, path, overrides)
 
 
 def _cached(path: Path, make) -> dict:

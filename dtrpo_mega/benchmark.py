@@ -1,0 +1,26 @@
+"""What the benchmarks in tools/ share: the options that shape a randomly initialized backbone."""
+
+from __future__ import annotations
+
+import argparse
+
+from dtrpo_mega.models.config import DLLMConfig
+from dtrpo_mega.models.families import model_config
+
+
+def add_backbone_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--family", default="fast_dllm_v2")
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--groups", type=int, default=2)
+    parser.add_argument("--block", type=int, default=32)
+    parser.add_argument("--sub-block", type=int, default=8)
+    parser.add_argument("--backend", default="auto", help="attention backend: auto, local, te, flex")
+
+
+def backbone_config(args: argparse.Namespace) -> DLLMConfig:
+    return model_config(args.family, vocab_size=args.vocab, hidden_size=args.hidden, ffn_hidden_size=4 * args.hidden,
+                        num_layers=args.layers, num_attention_heads=args.heads, num_query_groups=args.groups,
+                        block_size=args.block, sub_block_size=args.sub_block, attention_backend=args.backend)
