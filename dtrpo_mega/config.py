@@ -19,6 +19,7 @@ from dtrpo_mega.data.config import DataConfig
 from dtrpo_mega.diffusion.scoring import Objective
 from dtrpo_mega.diffusion.trajectory import RevealOrder, SchedulerConfig
 from dtrpo_mega.losses.preference import LossConfig
+from dtrpo_mega.models.recompute import RecomputeConfig, RecomputeGranularity, RecomputeMethod
 
 
 class ReferenceMode(str, Enum):
@@ -38,6 +39,7 @@ class ModelSection:
 class ParallelSection:
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
+    context_parallel_size: int = 1  # every row's tokens split over this many ranks
 
 
 @dataclass
@@ -68,10 +70,18 @@ class OptimizerSection:
 @dataclass
 class TrainSection:
     global_batch_size: int = 8  # preference pairs per optimizer step
-    micro_batch_size: int = 1  # pairs per micro-batch (chosen + rejected rows together)
+    micro_batch_size: int = 1  # pairs per micro-batch (chosen + rejected rows together); unpacked only
+    micro_batch_tokens: int = 0  # data.packing: tokens per packed row (one row per micro-batch)
     train_steps: int = 100
     seed: int = 1234
     bf16: bool | None = None  # None: bf16 with CUDA, fp32 on CPU
+    recompute_granularity: RecomputeGranularity = RecomputeGranularity.NONE  # none | selective | full
+    recompute_method: RecomputeMethod = RecomputeMethod.UNIFORM  # full only: uniform | block
+    recompute_num_layers: int | None = None  # full only: layers per group (uniform) or per stage (block)
+
+    @property
+    def recompute(self) -> RecomputeConfig:
+        return RecomputeConfig(self.recompute_granularity, self.recompute_method, self.recompute_num_layers or 1)
 
 
 @dataclass

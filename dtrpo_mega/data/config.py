@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 class DataConfig:
     path: str = ""  # prefix written by tools/preprocess_data.py
     pad_to_multiple: int = 8  # the trainer pads sequence lengths to a multiple of this
+    packing: bool = False  # pack whole pairs into rows of train.micro_batch_tokens tokens
     fingerprint: str | None = None  # when set, the dataset at `path` must have exactly this fingerprint
     ref_confidence: str | None = None  # tools/precompute_reference.py confidence, for scheduler.order=ref_confidence
 

@@ -63,8 +63,11 @@ class TokenLayout:
     """Attention metadata of one micro-batch; the model receives it as its `attention_mask`.
 
     positions [b, s] rotary positions; noisy [b, s] noisy-half flags; segments [b, s] sample ids
-    (0 = padding). Derived tensors (dense mask, flex block mask, rotary tables) are built once per
-    micro-batch and shared by all layers.
+    (0 = padding), all over the whole row. Under context parallelism a rank holds only some of
+    the row's tokens: `query_index` [s_q] names them (its queries, in its local order) and
+    `key_index` [s_k] the order of the keys after the all-gather of K/V over the CP group; `None`
+    means the whole row in order. Derived tensors (dense mask, flex block mask, rotary tables)
+    are built once per micro-batch and shared by all layers.
     """
 
     positions: Tensor
@@ -73,6 +76,8 @@ class TokenLayout:
     variant: MaskVariant
     block_size: int
     kv_cache: CacheCall | None = None  # decoding: the call's use of a block KV cache (models/kv_cache.py)
+    query_index: Tensor | None = None  # context parallel: this rank's tokens of the row
+    key_index: Tensor | None = None  # context parallel: the row's tokens in all-gathered order
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -89,7 +94,13 @@ class TokenLayout:
 
     @property
     def seq_len(self) -> int:
+        """Tokens of the whole row."""
         return self.positions.shape[1]
+
+    @property
+    def q_len(self) -> int:
+        """Query tokens on this rank (the whole row without context parallelism)."""
+        return self.seq_len if self.query_index is None else self.query_index.numel()
 
     def cached(self, key, build):
         """Memoize a derived tensor for the lifetime of this micro-batch."""
@@ -97,17 +108,26 @@ class TokenLayout:
             self._cache[key] = build()
         return self._cache[key]
 
+    def _fields(self, index: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        fields = (self.positions, self.noisy, self.segments)
+        return fields if index is None else tuple(t[:, index] for t in fields)
+
+    def queries(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(positions, noisy, segments) [b, s_q] of this rank's query tokens."""
+        return self._fields(self.query_index)
+
+    def keys(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(positions, noisy, segments) [b, s_k] of the keys, in the order attention sees them."""
+        return self._fields(self.key_index)
+
     def allowed(self) -> Tensor:
-        """Dense boolean mask [b, 1, s, s], True where attention is allowed."""
+        """Dense boolean mask [b, 1, s_q, s_k], True where attention is allowed."""
 
         def build():
+            (qp, qn, qs), (kp, kn, ks) = self.queries(), self.keys()
             q = lambda t: t[:, None, :, None]  # noqa: E731
             k = lambda t: t[:, None, None, :]  # noqa: E731
-            return may_attend(
-                self.variant, self.block_size,
-                q(self.positions), q(self.noisy), q(self.segments),
-                k(self.positions), k(self.noisy), k(self.segments),
-            )
+            return may_attend(self.variant, self.block_size, q(qp), q(qn), q(qs), k(kp), k(kn), k(ks))
 
         return self.cached("allowed", build)
 
@@ -116,9 +136,10 @@ class TokenLayout:
         return self.cached("shared", lambda: bool((self.allowed() == self.allowed()[:1]).all()))
 
     def to(self, device) -> "TokenLayout":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return TokenLayout(
             self.positions.to(device), self.noisy.to(device), self.segments.to(device),
-            self.variant, self.block_size, self.kv_cache,
+            self.variant, self.block_size, self.kv_cache, move(self.query_index), move(self.key_index),
         )
 
 

@@ -78,13 +78,12 @@ def flex_block_mask(layout: TokenLayout, device: torch.device):
     from torch.nn.attention.flex_attention import create_block_mask
 
     def build():
-        pos, noisy, seg = (t.to(device) for t in (layout.positions, layout.noisy, layout.segments))
+        (qp, qn, qs), (kp, kn, ks) = ([t.to(device) for t in fields] for fields in (layout.queries(), layout.keys()))
 
         def mask_mod(b, h, q, k):
-            return may_attend(layout.variant, layout.block_size, pos[b, q], noisy[b, q], seg[b, q], pos[b, k], noisy[b, k], seg[b, k])
+            return may_attend(layout.variant, layout.block_size, qp[b, q], qn[b, q], qs[b, q], kp[b, k], kn[b, k], ks[b, k])
 
-        b, s = pos.shape
-        return create_block_mask(mask_mod, B=b, H=None, Q_LEN=s, KV_LEN=s, device=device)
+        return create_block_mask(mask_mod, B=qp.shape[0], H=None, Q_LEN=qp.shape[1], KV_LEN=kp.shape[1], device=device)
 
     return layout.cached(("flex_block_mask", str(device)), build)
 
@@ -152,7 +151,7 @@ class DLLMCoreAttention(MegatronModule):
         layout = attention_mask
         cos, sin = layout.cached(
             ("rope", self.head_dim, self.rope_theta, str(query.device)),
-            lambda: rotary_tables(layout.positions.to(query.device), self.head_dim, self.rope_theta),
+            lambda: rotary_tables(layout.queries()[0].to(query.device), self.head_dim, self.rope_theta),
         )
         query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
         s, b = query.shape[:2]
