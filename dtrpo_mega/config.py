@@ -114,12 +114,22 @@ class TrainConfig:
     logging: LoggingSection = field(default_factory=LoggingSection)
 
     def validate(self, world_size: int) -> None:
-        tp, pp = self.parallel.tensor_model_parallel_size, self.parallel.pipeline_model_parallel_size
-        if world_size % (tp * pp):
-            raise ValueError(f"parallel: world size {world_size} is not divisible by TP={tp} x PP={pp}")
-        dp = world_size // (tp * pp)
-        gbs, mbs = self.train.global_batch_size, self.train.micro_batch_size
-        if gbs % (mbs * dp):
+        tp, pp, cp = self.parallel.tensor_model_parallel_size, self.parallel.pipeline_model_parallel_size, self.parallel.context_parallel_size
+        if world_size % (tp * pp * cp):
+            raise ValueError(f"parallel: world size {world_size} is not divisible by TP={tp} x PP={pp} x CP={cp}")
+        dp = world_size // (tp * pp * cp)
+        gbs, mbs, budget = self.train.global_batch_size, self.train.micro_batch_size, self.train.micro_batch_tokens
+        if self.data.packing:
+            if budget < 1:
+                raise ValueError("data.packing=true needs train.micro_batch_tokens (the tokens of one packed row)")
+            if cp > 1 and budget % (2 * cp):
+                raise ValueError(f"train.micro_batch_tokens={budget} must be a multiple of 2 x parallel.context_parallel_size={cp} "
+                                 "(each context-parallel rank holds two equal chunks of every row)")
+            if gbs % dp:
+                raise ValueError(f"train.global_batch_size={gbs} must be a multiple of the data-parallel size {dp}")
+        elif budget:
+            raise ValueError(f"train.micro_batch_tokens={budget} applies only with data.packing=true (unpacked micro-batches hold train.micro_batch_size pairs)")
+        elif gbs % (mbs * dp):
             raise ValueError(f"train.global_batch_size={gbs} must be a multiple of train.micro_batch_size={mbs} x data-parallel size {dp}")
         if self.scheduler.order == RevealOrder.REF_CONFIDENCE and not self.data.ref_confidence:
             raise ValueError("scheduler.order=ref_confidence needs data.ref_confidence (tools/precompute_reference.py confidence)")
@@ -129,6 +139,19 @@ class TrainConfig:
             raise ValueError("objective.name=sft trains without a reference: reference.mode=precomputed and scheduler.order=ref_confidence do not apply")
         if self.objective.name == Objective.VRPO and self.objective.vrpo_samples < 1:
             raise ValueError(f"objective.vrpo_samples must be >= 1, got {self.objective.vrpo_samples}")
+        self._validate_recompute()
+
+    def _validate_recompute(self) -> None:
+        """Method and layer count are full-recompute settings; elsewhere they are refused, not ignored."""
+        t = self.train
+        full = t.recompute_granularity == RecomputeGranularity.FULL
+        if t.recompute_num_layers is not None and not full:
+            raise ValueError(f"train.recompute_num_layers={t.recompute_num_layers} applies to train.recompute_granularity=full only "
+                             f"(got {t.recompute_granularity.value})")
+        if t.recompute_num_layers is not None and t.recompute_num_layers < 1:
+            raise ValueError(f"train.recompute_num_layers must be >= 1, got {t.recompute_num_layers}")
+        if t.recompute_method == RecomputeMethod.BLOCK and not full:
+            raise ValueError(f"train.recompute_method=block applies to train.recompute_granularity=full only (got {t.recompute_granularity.value})")
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))

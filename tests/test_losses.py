@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dtrpo_mega.diffusion.mask import MaskVariant, collate, plain_sample
-from dtrpo_mega.losses.preference import LossConfig, LossType, dtrpo_loss, pair_losses, sequence_sums
+from dtrpo_mega.losses.preference import LossConfig, LossType, dtrpo_loss, pair_losses
 from dtrpo_mega.models.dllm import build_model
 from dtrpo_mega.models.families import model_config
 
@@ -36,25 +36,25 @@ def test_rows_of_a_sequence_add_up_and_metrics_follow_trl():
     # pair 0: chosen in rows 0 and 1 (e.g. VRPO samples), rejected in row 2; pair 1: rows 3, 4.
     logps = torch.tensor([[-1.0, -2.0], [-0.5, 0.0], [-3.0, -1.0], [-0.2, -0.2], [-4.0, 0.0]])
     weights = torch.tensor([[1.0, 0.5], [2.0, 0.0], [1.0, 1.0], [3.0, 0.0], [0.5, 0.5]], dtype=torch.float64)
-    row_pair, row_role = torch.tensor([0, 0, 0, 1, 1]), torch.tensor([0, 0, 1, 0, 1])
-    sums = sequence_sums(logps, weights, row_pair, row_role, 2)
+    rows = _rows(weights, sequence=[0, 0, 1, 2, 3], pairs=2)
+    sums = rows.sequence_sums(logps)
     torch.testing.assert_close(sums, torch.tensor([[-3.0, -4.0], [-0.6, -2.0]], dtype=torch.float64))
+    assert rows.scored_tokens() == 8  # non-zero weights: 2 + 1 + 2 + 1 + 2
 
     ref = torch.tensor([[-2.5, -3.0], [-1.0, -1.0]], dtype=torch.float64)
     cfg = LossConfig(beta=0.5, nll_weight=0.1)
     lengths = torch.tensor([[4.0, 5.0], [2.0, 3.0]], dtype=torch.float64)
-    loss_sum, count, report = dtrpo_loss(logps, weights, row_pair, row_role, ref, lengths, cfg)
+    loss_sum, report = dtrpo_loss(sums, ref, lengths, cfg)
     ratios = sums - ref  # [[-0.5, -1.0], [0.4, -1.0]]
     nll = -sums[:, 0] / lengths[:, 0]
     expected = -torch.nn.functional.logsigmoid(0.5 * (ratios[:, 0] - ratios[:, 1])) + 0.1 * nll
-    assert count.item() == 2
+    assert report["pairs"].item() == 2
     torch.testing.assert_close(loss_sum, expected.sum())
     assert report["rewards/chosen"].item() == pytest.approx(0.5 * (-0.5 + 0.4))
     assert report["rewards/rejected"].item() == pytest.approx(0.5 * (-1.0 - 1.0))
     assert report["rewards/accuracies"].item() == 2.0
     assert report["rewards/margins"].item() == pytest.approx(0.5 * (0.5 + 1.4))
     assert report["logps/chosen"].item() == pytest.approx(-3.6)
-    assert report["scored_tokens"].item() == 8  # non-zero weights: 2 + 1 + 2 + 1 + 2
 
 
 def test_sigmoid_on_a_causal_layout_is_dpo(world_of_one):
@@ -80,10 +80,9 @@ def test_sigmoid_on_a_causal_layout_is_dpo(world_of_one):
     for r, resp in enumerate((chosen, rejected)):
         weights[r, len(prompt) - 1 : len(prompt) - 1 + len(resp)] = 1.0
     policy_lp, ref_lp = causal_token_logps(policy), causal_token_logps(reference).detach()
-    row_pair, row_role = torch.tensor([0, 0]), torch.tensor([0, 1])
-    ref_sums = sequence_sums(ref_lp, weights, row_pair, row_role, 1)
+    rows = _rows(weights, sequence=[0, 1], pairs=1)
     beta = 0.3
-    loss, _, _ = dtrpo_loss(policy_lp, weights, row_pair, row_role, ref_sums, torch.tensor([[6.0, 4.0]]), LossConfig(beta=beta))
+    loss, _ = dtrpo_loss(rows.sequence_sums(policy_lp), rows.sequence_sums(ref_lp), torch.tensor([[6.0, 4.0]]), LossConfig(beta=beta))
 
     def sequence_logp(model, seq, n_prompt):  # DPO's log pi(y | x), token by token
         logps = model(seq[None], collate([plain_sample(seq)], MaskVariant.CAUSAL, cfg.block_size, 0)[1])[0].log_softmax(-1)
@@ -102,3 +101,14 @@ def test_loss_config_errors_name_the_setting():
         LossConfig(beta=0)
     with pytest.raises(ValueError, match="loss.label_smoothing"):
         LossConfig(label_smoothing=0.5)
+
+
+def _rows(weights, sequence, pairs):
+    """ScoredRows whose row r belongs wholly to sequence[r] (= 2 * pair + role); only weights matter."""
+    from dtrpo_mega.diffusion.mask import MaskVariant, TokenLayout
+    from dtrpo_mega.rows import ScoredRows
+
+    zeros = torch.zeros(weights.shape, dtype=torch.long)
+    layout = TokenLayout(zeros, torch.zeros(weights.shape, dtype=torch.bool), zeros + 1, MaskVariant.CAUSAL, 1)
+    seq = torch.tensor(sequence)[:, None].expand(weights.shape)
+    return ScoredRows(zeros, layout, zeros, weights, seq, torch.arange(pairs), torch.ones(pairs, 2, dtype=torch.float64), 0)

@@ -4,7 +4,7 @@ import torch
 
 from dtrpo_mega.config import load_config
 from dtrpo_mega.eval.preference import preference_accuracy
-from dtrpo_mega.losses.preference import LossConfig, dtrpo_loss, sequence_sums
+from dtrpo_mega.losses.preference import LossConfig, dtrpo_loss
 from dtrpo_mega.training.setup import build_policy, build_reference_model, setup_run
 
 
@@ -23,9 +23,9 @@ def test_preference_accuracy(world_of_one, counting_data):
     # The same rows through training's loss: identical rewards/accuracies and margins.
     mb = run.rows.micro_batch([run.dataset[i] for i in range(len(run.dataset))], epoch=0)
     with torch.no_grad():
-        x = mb.extra
-        ref_sums = sequence_sums(-reference(mb.tokens, mb.layout, labels=mb.labels), x["weights"], x["row_pair"], x["row_role"], len(x["pair_index"]))
-        _, count, report = dtrpo_loss(-policy(mb.tokens, mb.layout, labels=mb.labels), x["weights"], x["row_pair"], x["row_role"], ref_sums, x["response_lengths"], LossConfig(beta=0.1))
+        ref_sums = mb.sequence_sums(-reference(mb.tokens, mb.layout, labels=mb.labels))
+        _, report = dtrpo_loss(mb.sequence_sums(-policy(mb.tokens, mb.layout, labels=mb.labels)), ref_sums, mb.response_lengths, LossConfig(beta=0.1))
+        count = report["pairs"]
     assert 0 < one.accuracy < 1
     assert one.accuracy == report["rewards/accuracies"].item() / count.item()
     assert abs(one.mean_margin - report["rewards/margins"].item() / count.item()) < 1e-6

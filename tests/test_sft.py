@@ -36,21 +36,22 @@ def test_sft_rows_score_the_chosen_response_with_elbo_weights(world_of_one, sort
     for data in sorting_data:  # completion data, or a preference dataset's chosen responses
         run = setup_run(_config(data))
         mb = run.rows.micro_batch([run.dataset[i] for i in range(6)], epoch=0)
-        assert mb.tokens.shape[0] == 6 and not mb.extra["row_role"].any()
-        scored = mb.extra["weights"][mb.extra["weights"] > 0]
+        assert mb.tokens.shape[0] == 6 and all(role == 0 for _, role, _, _ in mb.samples())
+        scored = mb.weights[mb.weights > 0]
         assert scored.numel() and bool((scored >= 1).all())  # 1/t with t in (0, 1]
-        assert torch.equal(mb.extra["response_lengths"][:, 1], torch.zeros(6, dtype=torch.float64))
+        assert torch.equal(mb.response_lengths[:, 1], torch.zeros(6, dtype=torch.float64))
 
 
 def test_masked_diffusion_loss_is_the_per_token_elbo():
     logps = torch.log(torch.tensor([[0.5, 0.25, 0.9, 0.1], [0.2, 0.4, 0.8, 0.6], [0.3, 0.3, 0.3, 0.3]], dtype=torch.float64))
     weights = torch.tensor([[2.0, 2.0, 0, 0], [0, 0, 4.0, 0], [1.25, 0, 0, 1.25]], dtype=torch.float64)
-    row_pair, row_role = torch.tensor([0, 0, 1]), torch.tensor([0, 0, 0])
     lengths = torch.tensor([[4.0, 0.0], [5.0, 0.0]], dtype=torch.float64)
-    loss, count, report = masked_diffusion_loss(logps, weights, row_pair, row_role, lengths)
+    # rows 0 and 1: the first example's response; row 2: the second's
+    sums = torch.stack([(logps[:2] * weights[:2]).sum(), (logps[2] * weights[2]).sum()])
+    loss, report = masked_diffusion_loss(torch.stack([sums, torch.zeros(2, dtype=torch.float64)], dim=1), lengths)
     first = -(2 * np.log(0.5) + 2 * np.log(0.25) + 4 * np.log(0.8)) / 4
     second = -(2.5 * np.log(0.3)) / 5
-    assert int(count) == 2 and float(report["scored_tokens"]) == 5
+    assert float(report["pairs"]) == 2
     torch.testing.assert_close(loss, torch.tensor(first + second, dtype=torch.float64))
 
 

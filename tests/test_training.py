@@ -31,12 +31,7 @@ def test_remasking_is_a_pure_function_of_the_sample(world_of_one, counting_data)
     other_epoch = run.rows.micro_batch([ds[5]], epoch=2)
 
     def rows_of(mb, pair):
-        rows = (mb.extra["row_pair"] == pair).nonzero()[:, 0]
-        out = []
-        for r in rows.tolist():
-            real = mb.layout.segments[r] > 0
-            out.append((mb.tokens[r][real], mb.layout.positions[r][real], mb.labels[r][real], mb.extra["weights"][r][real]))
-        return out
+        return [(mb.tokens[r][m], mb.layout.positions[r][m], mb.labels[r][m], mb.weights[r][m]) for slot, _, r, m in mb.samples() if slot == pair]
 
     def same(a, b):
         return len(a) == len(b) and all(all(torch.equal(x, y) for x, y in zip(ra, rb)) for ra, rb in zip(a, b))
@@ -54,7 +49,8 @@ def test_data_must_match_the_model_family(world_of_one, counting_data):
 
 
 def test_policy_and_reference_receive_identical_inputs(world_of_one, counting_data):
-    from dtrpo_mega.training.loop import micro_batches_of, policy_loss
+    from dtrpo_mega.training.loop import micro_batches_of
+    from dtrpo_mega.training.objectives import policy_loss
     from dtrpo_mega.training.setup import build_policy, build_reference, setup_run
     from dtrpo_mega.training.step import forward_backward
     from functools import partial
@@ -73,8 +69,7 @@ def test_policy_and_reference_receive_identical_inputs(world_of_one, counting_da
 
     policy.register_forward_pre_hook(recorder("policy"), with_kwargs=True)
     reference.model.register_forward_pre_hook(recorder("reference"), with_kwargs=True)
-    micro = micro_batches_of(run, step=0)
-    reference.attach(micro)
+    micro = reference.with_reference(micro_batches_of(run, step=0))
     forward_backward(policy, micro, partial(policy_loss, cfg.loss))
     assert len(seen["policy"]) == len(seen["reference"]) == 2
     for p, r in zip(seen["policy"], seen["reference"]):
@@ -87,8 +82,11 @@ def test_policy_and_reference_receive_identical_inputs(world_of_one, counting_da
 @pytest.mark.parametrize("family", ["fast_dllm_v2", "sdar"])
 def test_one_step_is_invariant_to_tp_pp_dp_and_micro_batches(tmp_path, counting_datasets, family):
     output = run_torchrun("train_invariance.py", 4, counting_datasets(family), str(tmp_path), family)
-    for layout in ("TP=1 PP=1 DP=4 micro_batch=1", "TP=2 PP=1 DP=2 micro_batch=2", "TP=1 PP=2 DP=2 micro_batch=4",
-                   "TP=2 PP=2 DP=1 micro_batch=1", "TP=2 PP=2 DP=1 micro_batch=8"):
+    for layout in ("TP=1 PP=1 CP=1 micro_batch=1 DP=4", "TP=2 PP=1 CP=1 micro_batch=2 DP=2", "TP=1 PP=2 CP=1 micro_batch=4 DP=2",
+                   "TP=2 PP=2 CP=1 micro_batch=1 DP=1", "TP=2 PP=2 CP=1 micro_batch=8 DP=1", "TP=1 PP=1 CP=1 packed DP=4",
+                   "TP=2 PP=2 CP=1 packed DP=1", "TP=1 PP=1 CP=2 micro_batch=2 DP=2", "TP=2 PP=1 CP=2 micro_batch=1 DP=1",
+                   "TP=1 PP=2 CP=2 micro_batch=4 DP=1", "TP=1 PP=1 CP=4 micro_batch=8 DP=1", "TP=1 PP=1 CP=2 packed DP=2",
+                   "TP=2 PP=1 CP=2 packed DP=1"):
         assert f"INVARIANT OK {layout}" in output, output[-3000:]
 
 

@@ -36,7 +36,7 @@ def micro_batch(objective: str, args, model_cfg):
     from dtrpo_mega.diffusion.mask import MaskVariant, collate, plain_sample
     from dtrpo_mega.diffusion.scoring import Objective
     from dtrpo_mega.diffusion.trajectory import SchedulerConfig
-    from dtrpo_mega.training.batches import RowBuilder
+    from dtrpo_mega.rows import RowBuilder
 
     rng = np.random.default_rng(0)
     vocab = model_cfg.vocab_size - 1

@@ -78,7 +78,7 @@ def pairwise(args, policy):
     from dtrpo_mega.diffusion.trajectory import SchedulerConfig
     from dtrpo_mega.eval.model import load_for_decoding
     from dtrpo_mega.eval.preference import preference_accuracy
-    from dtrpo_mega.training.batches import RowBuilder
+    from dtrpo_mega.rows import RowBuilder
 
     cfg = policy.dllm_config
     reference = load_for_decoding(args.reference, args.dtype)

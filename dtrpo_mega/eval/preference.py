@@ -14,8 +14,7 @@ import torch
 
 from dtrpo_mega.data import PreferenceDataset
 from dtrpo_mega.eval.report import Outcome, TaskResult
-from dtrpo_mega.losses.preference import sequence_sums
-from dtrpo_mega.training.batches import RowBuilder
+from dtrpo_mega.rows import RowBuilder, ScoredRows
 
 
 @dataclass
@@ -33,11 +32,9 @@ class PreferenceResult:
         return TaskResult(name, "preference", outcomes)
 
 
-def _sums(model, mb) -> torch.Tensor:
+def _sums(model, rows: ScoredRows) -> torch.Tensor:
     with torch.no_grad():
-        token_logps = -model(mb.tokens, mb.layout, labels=mb.labels)
-    x = mb.extra
-    return sequence_sums(token_logps, x["weights"], x["row_pair"], x["row_role"], len(x["pair_index"]))
+        return rows.sequence_sums(-model(rows.tokens, rows.layout, labels=rows.labels))
 
 
 def preference_accuracy(policy, reference, dataset: PreferenceDataset, rows: RowBuilder, beta: float, draws: int = 4, batch_pairs: int = 4) -> PreferenceResult:
@@ -47,7 +44,7 @@ def preference_accuracy(policy, reference, dataset: PreferenceDataset, rows: Row
     for epoch in range(draws):
         for start in range(0, n, batch_pairs):
             mb = rows.micro_batch([dataset[i] for i in range(start, min(start + batch_pairs, n))], epoch)
-            log_ratio[start : start + len(mb.extra["pair_index"])] += _sums(policy, mb) - _sums(reference, mb)
+            log_ratio[start : start + mb.num_pairs] += _sums(policy, mb) - _sums(reference, mb)
     rewards = beta * log_ratio / draws
     margins = rewards[:, 0] - rewards[:, 1]
     return PreferenceResult(n, draws, float((margins > 0).double().mean()), float(margins.mean()), rewards)

@@ -1,16 +1,15 @@
 """The dTRPO objective: weighted token log-ratios -> trajectory log-ratio estimates -> DPO-family loss.
 
-Rows of a micro-batch belong to (pair, role) sequences (role 0 chosen, 1 rejected; both of a
-pair are always in the same micro-batch). For each sequence
-    l_hat = sum_tokens weight * log pi_theta  -  (the same weighted sum under the reference),
-and per pair, with logits = l_hat_w - l_hat_l and h = beta * logits:
+Each pair has a chosen (role 0) and a rejected (role 1) sequence. For each sequence
+    l_hat = sum_tokens weight * log pi_theta  -  (the same weighted sum under the reference)
+(the weighted sums come from `ScoredRows.sequence_sums`), and per pair, with logits = l_hat_w - l_hat_l and h = beta * logits:
     sigmoid  -logsig(h) (1 - eps) - logsig(-h) eps      (eps = label_smoothing; 0: DPO)
     ipo      (logits - 1 / (2 beta))^2
     robust   (-logsig(h) (1 - eps) + logsig(-h) eps) / (1 - 2 eps)
     hinge    relu(1 - h)
 plus `nll_weight` times the chosen response's estimated NLL per token, from the same forward.
-Losses are returned as sums over pairs with the pair count (Megatron's (sum, count, report)),
-so the global mean is exact whatever the DP / PP / micro-batch split.
+Losses are returned as sums over pairs (the trainer adds the count of Megatron's
+(sum, count, report)), so the global mean is exact whatever the DP / PP / CP / micro-batch split.
 """
 
 from __future__ import annotations
@@ -63,24 +62,15 @@ def pair_losses(logratio_chosen: Tensor, logratio_rejected: Tensor, cfg: LossCon
     return torch.relu(1 - h)
 
 
-def sequence_sums(token_values: Tensor, weights: Tensor, row_pair: Tensor, row_role: Tensor, num_pairs: int) -> Tensor:
-    """sum of weight * value over the rows and tokens of each (pair, role): [num_pairs, 2]."""
-    per_row = (token_values.double() * weights).sum(-1)
-    out = torch.zeros(num_pairs * 2, dtype=per_row.dtype, device=per_row.device)
-    return out.index_add(0, row_pair * 2 + row_role, per_row).view(num_pairs, 2)
-
-
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected", "nll")
 
 
-def dtrpo_loss(policy_token_logps: Tensor, weights: Tensor, row_pair: Tensor, row_role: Tensor, ref_sums: Tensor, response_lengths: Tensor, cfg: LossConfig) -> tuple[Tensor, Tensor, dict]:
-    """(sum of pair losses, number of pairs, summed TRL-named metrics) of one micro-batch.
+def dtrpo_loss(policy_sums: Tensor, ref_sums: Tensor, response_lengths: Tensor, cfg: LossConfig) -> tuple[Tensor, dict]:
+    """(sum of pair losses, summed TRL-named metrics) of some pairs.
 
-    policy_token_logps, weights: [rows, s]; ref_sums: [pairs, 2] weighted reference sums;
-    response_lengths: [pairs, 2] response tokens (for the per-token NLL).
+    policy_sums, ref_sums: [pairs, 2] weighted log-prob sums of chosen and rejected under the
+    policy and the reference; response_lengths: [pairs, 2] response tokens (for the per-token NLL).
     """
-    num_pairs = ref_sums.shape[0]
-    policy_sums = sequence_sums(policy_token_logps, weights, row_pair, row_role, num_pairs)
     logratios = policy_sums - ref_sums
     losses = pair_losses(logratios[:, 0], logratios[:, 1], cfg)
     nll = -policy_sums[:, 0] / response_lengths[:, 0]
@@ -96,7 +86,6 @@ def dtrpo_loss(policy_token_logps: Tensor, weights: Tensor, row_pair: Tensor, ro
         "logps/chosen": policy_sums[:, 0].detach().sum(),
         "logps/rejected": policy_sums[:, 1].detach().sum(),
         "nll": nll.detach().sum(),
-        "pairs": torch.tensor(float(num_pairs), dtype=torch.float64),
-        "scored_tokens": (weights > 0).sum().double(),
+        "pairs": torch.tensor(float(policy_sums.shape[0]), dtype=torch.float64),
     }
-    return losses.sum(), torch.tensor(num_pairs, dtype=torch.int), report
+    return losses.sum(), report

@@ -3,7 +3,7 @@
 Each sequence has one `random_mask` row (per block t ~ U(eps, 1), each response token masked
 with probability t, every masked token weighted 1/t). A sequence's loss is its weighted NLL per
 response token, `-sum weight * log pi_theta / L` (LLaDA's and BD3-LM's normalization); losses are
-returned as sums over sequences with their count (Megatron's (sum, count, report)).
+returned as sums over sequences.
 """
 
 from __future__ import annotations
@@ -11,16 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dtrpo_mega.losses.preference import sequence_sums
 
-def masked_diffusion_loss(policy_token_logps: Tensor, weights: Tensor, row_pair: Tensor, row_role: Tensor, response_lengths: Tensor) -> tuple[Tensor, Tensor, dict]:
-    """(sum of per-sequence losses, number of sequences, summed metrics); only role 0 is scored."""
-    num = response_lengths.shape[0]
-    sums = sequence_sums(policy_token_logps, weights, row_pair, row_role, num)[:, 0]
-    losses = -sums / response_lengths[:, 0]
-    report = {
-        "loss": losses.detach().sum(),
-        "pairs": torch.tensor(float(num), dtype=torch.float64),
-        "scored_tokens": (weights > 0).sum().double(),
-    }
-    return losses.sum(), torch.tensor(num, dtype=torch.int), report
+def masked_diffusion_loss(policy_sums: Tensor, response_lengths: Tensor) -> tuple[Tensor, dict]:
+    """(sum of per-sequence losses, summed metrics); policy_sums [n, 2], only role 0 is scored."""
+    losses = -policy_sums[:, 0] / response_lengths[:, 0]
+    report = {"loss": losses.detach().sum(), "pairs": torch.tensor(float(policy_sums.shape[0]), dtype=torch.float64)}
+    return losses.sum(), report

@@ -18,25 +18,14 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from dtrpo_mega.config import TrainConfig
-from dtrpo_mega.losses.preference import LossConfig, dtrpo_loss
-from dtrpo_mega.losses.sft import masked_diffusion_loss
 from dtrpo_mega.parallel.runtime import comm_device
+from dtrpo_mega.rows import ScoredRows
 from dtrpo_mega.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dtrpo_mega.training.metrics import MetricsLogger, reduce_reports
 from dtrpo_mega.training.optim import build_optimizer, lr_at
+from dtrpo_mega.training.objectives import policy_loss, sft_loss
 from dtrpo_mega.training.setup import Run, build_policy, build_reference, setup_run
-from dtrpo_mega.training.step import MicroBatch, forward_backward
-
-
-def policy_loss(cfg: LossConfig, mb: MicroBatch, token_ce: torch.Tensor):
-    """The dTRPO loss of a micro-batch from the vocab-parallel per-token cross-entropy."""
-    x = mb.extra
-    return dtrpo_loss(-token_ce, x["weights"], x["row_pair"], x["row_role"], x["ref_sums"], x["response_lengths"], cfg)
-
-
-def sft_loss(mb: MicroBatch, token_ce: torch.Tensor):
-    x = mb.extra
-    return masked_diffusion_loss(-token_ce, x["weights"], x["row_pair"], x["row_role"], x["response_lengths"])
+from dtrpo_mega.training.step import forward_backward
 
 
 class StopFlag:
@@ -59,11 +48,19 @@ class StopFlag:
         return bool(flag.item())
 
 
-def micro_batches_of(run: Run, step: int) -> list[MicroBatch]:
-    epoch = run.order.epoch_of(step)
-    cfg = run.cfg.train
-    groups = run.order.local_micro_batches(step, parallel_state.get_data_parallel_rank(), run.runtime.dp, cfg.micro_batch_size)
-    return [run.rows.micro_batch([run.dataset[int(i)] for i in idx], epoch) for idx in groups]
+def micro_batches_of(run: Run, step: int) -> list[ScoredRows]:
+    """This rank's micro-batches of the step: its data-parallel share of the pairs, packed into rows
+    of `train.micro_batch_tokens` or `train.micro_batch_size` pairs each, then its context-parallel
+    share of every row."""
+    epoch, cfg, rt = run.order.epoch_of(step), run.cfg.train, run.runtime
+    pairs = lambda idx: [run.dataset[int(i)] for i in idx]  # noqa: E731
+    if run.cfg.data.packing:
+        share = run.order.local_pairs(step, parallel_state.get_data_parallel_rank(), rt.dp)
+        micro = run.rows.packed_micro_batches(pairs(share), epoch, cfg.micro_batch_tokens)
+    else:
+        groups = run.order.local_micro_batches(step, parallel_state.get_data_parallel_rank(), rt.dp, cfg.micro_batch_size)
+        micro = [run.rows.micro_batch(pairs(idx), epoch) for idx in groups]
+    return run.context_shards(micro)
 
 
 def train(cfg: TrainConfig) -> list[dict]:
@@ -98,7 +95,7 @@ def train(cfg: TrainConfig) -> list[dict]:
             t0 = time.perf_counter()
             micro = micro_batches_of(run, step)
             if reference is not None:
-                reference.attach(micro)
+                micro = reference.with_reference(micro)
             optimizer.zero_grad()
             reports = forward_backward(optimizer.module, micro, loss)
             lr = lr_at(step, cfg.optimizer, cfg.train.train_steps)
@@ -106,11 +103,11 @@ def train(cfg: TrainConfig) -> list[dict]:
             elapsed = time.perf_counter() - t0
             if parallel_state.is_pipeline_last_stage():
                 metrics = reduce_reports(reports)
-                sizes = torch.tensor([float(sum(mb.tokens.numel() for mb in micro)), float(sum(len(mb.tokens) for mb in micro))], device=comm_device())
+                sizes = torch.tensor([[mb.layout.positions.numel(), mb.padding_tokens(), mb.num_samples()] for mb in micro], dtype=torch.float64, device=comm_device()).sum(0)
                 dist.all_reduce(sizes, group=parallel_state.get_data_parallel_group())
-                tokens, rows = sizes.tolist()
+                tokens, padding, rows = sizes.tolist()
                 metrics.update(grad_norm=grad_norm, lr=lr, pairs_per_s=cfg.train.global_batch_size / elapsed, tokens_per_s=tokens / elapsed,
-                               rows_per_pair=rows / cfg.train.global_batch_size, step_s=elapsed)
+                               rows_per_pair=rows / cfg.train.global_batch_size, padding_fraction=padding / tokens, step_s=elapsed)
                 if logger is not None:
                     logger.log(step + 1, metrics)
             interrupted = stop.agreed()

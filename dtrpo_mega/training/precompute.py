@@ -16,11 +16,12 @@ import torch.distributed as dist
 
 from megatron.core import parallel_state
 
+from dtrpo_mega.data.keyed import save_keyed
 from dtrpo_mega.diffusion.scoring import exact_rows, logit_index, scoring_row
-from dtrpo_mega.diffusion.mask import MaskVariant, collate
-from dtrpo_mega.training.reference import ResidentReference, save_keyed
+from dtrpo_mega.rows import ScoredRows, ScoredSample
+from dtrpo_mega.training.reference import ResidentReference
 from dtrpo_mega.training.setup import Run, build_reference_model, confidence_key, reference_key, setup_run
-from dtrpo_mega.training.step import MicroBatch, forward_backward
+from dtrpo_mega.training.step import forward_backward
 
 
 def _my_pairs(run: Run) -> list[np.ndarray]:
@@ -44,10 +45,9 @@ def precompute_sums(run: Run, epochs: int, out) -> None:
     found = []
     for epoch in range(epochs):
         for idx in _my_pairs(run):
-            micro = [run.rows.micro_batch([run.dataset[int(i)] for i in idx], epoch)]
-            reference.attach(micro)
-            if "ref_sums" in micro[0].extra:
-                found += [(epoch, int(i), s) for i, s in zip(idx, micro[0].extra["ref_sums"])]
+            [rows] = reference.with_reference(run.context_shards([run.rows.micro_batch([run.dataset[int(i)] for i in idx], epoch)]))
+            if rows.ref_sums is not None:
+                found += [(epoch, int(i), s) for i, s in zip(idx, rows.ref_sums)]
     gathered = _gather_on_rank0(found)
     if gathered is not None:
         sums = torch.full((epochs, len(run.dataset), 2), float("nan"), dtype=torch.float64)
@@ -59,30 +59,30 @@ def precompute_sums(run: Run, epochs: int, out) -> None:
     dist.barrier()
 
 
-def _token_logps_loss(mb: MicroBatch, token_ce: torch.Tensor):
+def _token_logps_loss(rows: ScoredRows, token_ce: torch.Tensor):
     return token_ce.sum() * 0, torch.tensor(1, dtype=torch.int), {"token_logps": -token_ce.detach().double()}
 
 
 def precompute_confidence(run: Run, out) -> None:
     """Per response token: log pi_ref(y_i | its block fully masked, earlier blocks clean)."""
+    if run.runtime.cp > 1:
+        raise ValueError("tools/precompute_reference.py confidence runs with parallel.context_parallel_size=1")
     key = confidence_key(run)
     model = build_reference_model(run).eval()
     model_cfg, found = run.model_config, []
     for idx in _my_pairs(run):
         pairs = [run.dataset[int(i)] for i in idx]
-        samples, labels, where = [], [], []
+        per_pair, where = [], []
         for pair in pairs:
+            per_pair.append([])
             for seq in run.rows.sequences(pair):
                 steps = np.where(np.arange(len(seq.tokens)) >= seq.prompt_len, 0, -1)
                 row = exact_rows(seq.tokens, steps, model_cfg.mask_token_id)[0]
-                sample, lab, _ = scoring_row(seq.tokens, row, seq.prompt_len, model_cfg)
-                samples.append(sample), labels.append(lab), where.append(seq)
-        tokens, layout = collate(samples, MaskVariant.BLOCK_DIFFUSION, model_cfg.block_size, pad_id=model_cfg.mask_token_id)
-        padded = torch.zeros_like(tokens)
-        for r, lab in enumerate(labels):
-            padded[r, : lab.numel()] = lab
+                per_pair[-1].append(ScoredSample(*scoring_row(seq.tokens, row, seq.prompt_len, model_cfg), seq.role))
+                where.append(seq)
+        rows = run.rows.row_per_sample(pairs, per_pair, epoch=0)
         with torch.no_grad():
-            reports = forward_backward(model, [MicroBatch(tokens, layout, padded, {})], _token_logps_loss, forward_only=True)
+            reports = forward_backward(model, [rows], _token_logps_loss, forward_only=True)
         for report in reports:
             for r, seq in enumerate(where):
                 n = len(seq.tokens)

@@ -6,10 +6,14 @@ Shared by training and `tools/precompute_reference.py`, so both build rows the s
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
+
+from megatron.core import parallel_state
 
 from dtrpo_mega.checkpointing import load_model, read_model_config
 from dtrpo_mega.config import ReferenceMode, TrainConfig
@@ -20,8 +24,9 @@ from dtrpo_mega.models.config import DLLMConfig
 from dtrpo_mega.models.dllm import build_model
 from dtrpo_mega.models.families import model_config
 from dtrpo_mega.parallel.runtime import ParallelConfig, Runtime, initialize
-from dtrpo_mega.training.batches import DataOrder, RowBuilder
-from dtrpo_mega.training.reference import ConfidenceTable, PrecomputedReference, ResidentReference, files_digest
+from dtrpo_mega.rows import ConfidenceTable, RowBuilder, ScoredRows
+from dtrpo_mega.training.batches import DataOrder
+from dtrpo_mega.training.reference import PrecomputedReference, ResidentReference, files_digest
 
 
 @dataclass
@@ -34,6 +39,12 @@ class Run:
     order: DataOrder
     dtype: torch.dtype
 
+    def context_shards(self, micro: list[ScoredRows]) -> list[ScoredRows]:
+        """This rank's context-parallel share of every row (the rows themselves at CP=1)."""
+        if self.runtime.cp == 1:
+            return micro
+        return [mb.context_shard(parallel_state.get_context_parallel_rank(), self.runtime.cp) for mb in micro]
+
 
 def resolve_model_config(cfg: TrainConfig) -> DLLMConfig:
     if cfg.model.load:
@@ -43,7 +54,8 @@ def resolve_model_config(cfg: TrainConfig) -> DLLMConfig:
 
 
 def setup_run(cfg: TrainConfig) -> Run:
-    runtime = initialize(ParallelConfig(cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size), seed=cfg.train.seed)
+    par = cfg.parallel
+    runtime = initialize(ParallelConfig(par.tensor_model_parallel_size, par.pipeline_model_parallel_size, par.context_parallel_size), seed=cfg.train.seed)
     cfg.validate(runtime.world_size)
     model_cfg = resolve_model_config(cfg)
     model_cfg.check_parallel(runtime.tp, runtime.pp)
@@ -52,7 +64,10 @@ def setup_run(cfg: TrainConfig) -> Run:
         raise ValueError(f"data.path={cfg.data.path} holds {dataset.kind} examples, but objective.name={cfg.objective.name.value} "
                          "needs preference pairs (objective.name=sft trains on prompt-completion data)")
     bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else torch.cuda.is_available()
-    rows = RowBuilder(model_cfg, cfg.scheduler, cfg.objective.name, cfg.train.seed, cfg.objective.vrpo_samples, cfg.data.pad_to_multiple)
+    if cfg.data.packing:
+        check_pairs_fit(dataset, model_cfg, cfg)
+    pad = math.lcm(cfg.data.pad_to_multiple, 2 * runtime.cp) if runtime.cp > 1 else cfg.data.pad_to_multiple
+    rows = RowBuilder(model_cfg, cfg.scheduler, cfg.objective.name, cfg.train.seed, cfg.objective.vrpo_samples, pad)
     order = DataOrder(len(dataset), cfg.train.global_batch_size, cfg.train.seed)
     run = Run(cfg, runtime, model_cfg, dataset, rows, order, torch.bfloat16 if bf16 else torch.float32)
     if cfg.scheduler.order == RevealOrder.REF_CONFIDENCE:
@@ -60,8 +75,25 @@ def setup_run(cfg: TrainConfig) -> Run:
     return run
 
 
+def check_pairs_fit(dataset: PreferenceDataset, model: DLLMConfig, cfg: TrainConfig) -> None:
+    """Refuse before training a packing budget below the longest pair's rows (objectives with a
+    fixed number of rows per sequence; exact_trajectory's depends on the trajectory and is
+    checked when a pair is packed)."""
+    rows = {Objective.VRPO: cfg.objective.vrpo_samples, Objective.EXACT_TRAJECTORY: None}.get(cfg.objective.name, 1)
+    if rows is None or len(dataset) == 0:
+        return
+    a, b, c, d = (dataset.bounds[:, i].astype(np.int64) for i in range(4))
+    prompt, start = b - a, (b - a) // model.block_size * model.block_size
+    sample = lambda response: 2 * (prompt + response) - start  # noqa: E731  # [z~ ; y0] of one sequence
+    tokens = rows * (sample(c - b) + (sample(d - c) if cfg.objective.name.is_preference else 0))
+    longest = int(tokens.argmax())
+    if tokens[longest] > cfg.train.micro_batch_tokens:
+        raise ValueError(f"train.micro_batch_tokens={cfg.train.micro_batch_tokens} is smaller than pair {longest} of {cfg.data.path}, "
+                         f"whose rows take {int(tokens[longest])} tokens together (data.packing=true keeps a pair's rows in one row)")
+
+
 def build_policy(run: Run):
-    model = build_model(run.model_config, params_dtype=run.dtype)
+    model = build_model(run.model_config, params_dtype=run.dtype, recompute=run.cfg.train.recompute)  # the reference never recomputes
     model.config.calculate_per_token_loss = True  # losses are sums; gradients divided by global pairs
     if run.cfg.model.load:
         load_model(model, run.cfg.model.load)

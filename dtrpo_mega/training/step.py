@@ -6,9 +6,8 @@ The loss runs only in the last pipeline stage, Megatron's way: the forward step 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable
+from typing import Callable, Protocol
 
 from torch import Tensor
 
@@ -16,24 +15,21 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from dtrpo_mega.diffusion.mask import TokenLayout
 
-LossFunc = Callable[["MicroBatch", Tensor], tuple[Tensor, Tensor, dict]]
 
-
-@dataclass
-class MicroBatch:
-    """Inputs of one micro-batch; every pipeline stage receives the same one (layouts are cheap)."""
+class ModelInputs(Protocol):
+    """What the schedule feeds the model (`ScoredRows` is one)."""
 
     tokens: Tensor  # [b, s]
     layout: TokenLayout
-    labels: Tensor | None = None  # [b, s] targets for the per-token cross-entropy
-    extra: dict = field(default_factory=dict)  # loss inputs (scored-token masks, weights, ...)
+    labels: Tensor | None  # [b, s] targets for the per-token cross-entropy
 
-    def to(self, device) -> "MicroBatch":
-        move = lambda t: t.to(device) if isinstance(t, Tensor) else t  # noqa: E731
-        return MicroBatch(move(self.tokens), self.layout.to(device), move(self.labels), {k: move(v) for k, v in self.extra.items()})
+    def to(self, device) -> "ModelInputs": ...
 
 
-def forward_backward(model, micro_batches: list[MicroBatch], loss_func: LossFunc, forward_only: bool = False) -> list[dict]:
+LossFunc = Callable[[ModelInputs, Tensor], tuple[Tensor, Tensor, dict]]
+
+
+def forward_backward(model, micro_batches: list[ModelInputs], loss_func: LossFunc, forward_only: bool = False) -> list[dict]:
     """Run the schedule; returns the per-micro-batch reports (non-empty on the last stage only).
 
     With labels, the model returns the vocab-parallel per-token cross-entropy [b, s], so `-output`

@@ -4,10 +4,27 @@ Gradients are compared across layouts by saving them as a megatron dist checkpoi
 the weights) and loading that checkpoint, resharded, into a model of the other layout.
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 
 from megatron.core import dist_checkpointing
+
+from dtrpo_mega.diffusion.mask import TokenLayout
+
+
+@dataclass
+class Batch:
+    """Model inputs of a test micro-batch, with the tokens its loss scores."""
+
+    tokens: torch.Tensor
+    layout: TokenLayout
+    labels: torch.Tensor
+    scored: torch.Tensor
+
+    def to(self, device) -> "Batch":
+        return Batch(self.tokens.to(device), self.layout.to(device), self.labels.to(device), self.scored.to(device))
 
 
 def save_weights(model, path) -> None:

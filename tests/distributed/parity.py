@@ -16,19 +16,19 @@ import torch.distributed as dist
 
 from megatron.core import parallel_state
 
-from common import assert_grads_match, load_weights, save_grads, save_weights
+from common import Batch, assert_grads_match, load_weights, save_grads, save_weights
 
 from dtrpo_mega.diffusion.mask import block_diffusion_sample, collate, plain_sample
 from dtrpo_mega.models.dllm import build_model
 from dtrpo_mega.models.families import model_config
 from dtrpo_mega.parallel.grads import finalize_grads
 from dtrpo_mega.parallel.runtime import ParallelConfig, initialize
-from dtrpo_mega.training.step import MicroBatch, forward_backward
+from dtrpo_mega.training.step import forward_backward
 
 LAYOUTS = [(2, 1), (1, 2), (2, 2)]
 
 
-def micro_batches(cfg) -> list[MicroBatch]:
+def micro_batches(cfg) -> list[Batch]:
     g = torch.Generator().manual_seed(11)
     batches = []
     for lengths in ([(14, 3), (11, 6)], [(17, 9), (9, 2)]):
@@ -44,12 +44,12 @@ def micro_batches(cfg) -> list[MicroBatch]:
         tokens, layout = collate(samples, cfg.attention, cfg.block_size, pad_id=0)
         labels = torch.randint(0, cfg.vocab_size, tokens.shape, generator=g)
         scored = (layout.segments > 0) & (torch.rand(tokens.shape, generator=g) < 0.7)
-        batches.append(MicroBatch(tokens, layout, labels, {"scored": scored}))
+        batches.append(Batch(tokens, layout, labels, scored))
     return batches
 
 
-def loss_func(mb: MicroBatch, token_ce: torch.Tensor):
-    scored = mb.extra["scored"].float()
+def loss_func(mb: Batch, token_ce: torch.Tensor):
+    scored = mb.scored.float()
     loss_sum = (token_ce * scored).sum()
     return loss_sum, scored.sum().int(), {"logps": (-token_ce * scored).detach()}
 

@@ -3,7 +3,9 @@
 Usage: torchrun --nproc-per-node 4 train_invariance.py DATA_PREFIX WORK_DIR FAMILY
 
 The same global batch (8 pairs) runs at TP1PP1 (DP4), with a different micro-batch split, at
-TP2 (DP2), PP2 (DP2) and TP2xPP2 (DP1, two splits), through the training code's own pieces.
+TP2 (DP2), PP2 (DP2) and TP2xPP2 (DP1, two splits), packed into rows of a token budget, and
+with context parallelism (CP2 with DP, TP or PP; CP4; packed), through the training code's own
+pieces. Rows are compared where they are whole (CP=1).
 """
 
 import hashlib
@@ -19,37 +21,38 @@ from megatron.core import parallel_state
 from common import assert_grads_match, load_weights, save_grads, save_weights
 from dtrpo_mega.config import load_config
 from dtrpo_mega.parallel.grads import finalize_grads
-from dtrpo_mega.training.loop import micro_batches_of, policy_loss
+from dtrpo_mega.training.loop import micro_batches_of
+from dtrpo_mega.training.objectives import policy_loss
 from dtrpo_mega.training.metrics import reduce_reports
 from dtrpo_mega.training.reference import ResidentReference
 from dtrpo_mega.training.setup import build_policy, build_reference_model, setup_run
 from dtrpo_mega.training.step import forward_backward
 
-# (TP, PP, pairs per micro-batch); the global batch is 8 pairs.
-LAYOUTS = [(1, 1, 2), (1, 1, 1), (2, 1, 2), (1, 2, 4), (2, 2, 1), (2, 2, 8)]
+# (TP, PP, CP, pairs per micro-batch or 0 when packed); the global batch is 8 pairs.
+LAYOUTS = [(1, 1, 1, 2), (1, 1, 1, 1), (2, 1, 1, 2), (1, 2, 1, 4), (2, 2, 1, 1), (2, 2, 1, 8), (1, 1, 1, 0), (2, 2, 1, 0),
+           (1, 1, 2, 2), (2, 1, 2, 1), (1, 2, 2, 4), (1, 1, 4, 8), (1, 1, 2, 0), (2, 1, 2, 0)]
+ROW_TOKENS = 192  # packed rows: room for two or three pairs of the counting data
 
 
 def row_digests(micro) -> dict[int, str]:
     """pair index -> digest of its rows (tokens, positions, noisy flags, labels, weights)."""
     out = {}
     for mb in micro:
-        for i, index in enumerate(mb.extra["pair_index"].tolist()):
-            rows = (mb.extra["row_pair"] == i).nonzero()[:, 0]
-            h = hashlib.sha256()
-            for r in rows.tolist():
-                real = mb.layout.segments[r] > 0
-                for t in (mb.tokens[r][real], mb.layout.positions[r][real], mb.layout.noisy[r][real], mb.labels[r][real], mb.extra["weights"][r][real]):
-                    h.update(t.numpy().tobytes())
-            out[index] = h.hexdigest()
+        digests = {}
+        for slot, _, r, m in mb.samples():
+            h = digests.setdefault(slot, hashlib.sha256())
+            for t in (mb.tokens[r][m], mb.layout.positions[r][m], mb.layout.noisy[r][m], mb.labels[r][m], mb.weights[r][m]):
+                h.update(t.numpy().tobytes())
+        out.update({int(mb.pair_index[slot]): h.hexdigest() for slot, h in digests.items()})
     return out
 
 
-def one_step(data, family, tp, pp, mbs):
+def one_step(data, family, tp, pp, cp, mbs):
+    batching = [f"train.micro_batch_size={mbs}"] if mbs else ["data.packing=true", f"train.micro_batch_tokens={ROW_TOKENS}"]
     cfg = load_config(None, [
         f"data.path={data}", f"model.family={family}", "model.overrides={num_layers: 4}",
-        f"parallel.tensor_model_parallel_size={tp}", f"parallel.pipeline_model_parallel_size={pp}",
-        "train.global_batch_size=8", f"train.micro_batch_size={mbs}", "loss.beta=0.5", "loss.nll_weight=0.2",
-        "data.pad_to_multiple=1",
+        f"parallel.tensor_model_parallel_size={tp}", f"parallel.pipeline_model_parallel_size={pp}", f"parallel.context_parallel_size={cp}",
+        "train.global_batch_size=8", "loss.beta=0.5", "loss.nll_weight=0.2", "data.pad_to_multiple=1", *batching,
     ])
     run = setup_run(cfg)
     policy = build_policy(run)
@@ -59,8 +62,9 @@ def one_step(data, family, tp, pp, mbs):
 def main():
     data, work, family = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     expected_metrics = expected_rows = None
-    for n, (tp, pp, mbs) in enumerate(LAYOUTS):
-        cfg, run, policy = one_step(data, family, tp, pp, mbs)
+    for n, (tp, pp, cp, mbs) in enumerate(LAYOUTS):
+        name = f"TP={tp} PP={pp} CP={cp} " + (f"micro_batch={mbs}" if mbs else "packed")
+        cfg, run, policy = one_step(data, family, tp, pp, cp, mbs)
         if n == 0:
             save_weights(policy, work / "weights")
         else:
@@ -71,19 +75,21 @@ def main():
             for p in reference_model.parameters():
                 p.mul_(0.9)
         reference = ResidentReference(reference_model)
-        micro = micro_batches_of(run, step=3)
-        reference.attach(micro)
+        micro = reference.with_reference(micro_batches_of(run, step=3))
         policy.zero_grad()
         reports = forward_backward(policy, micro, partial(policy_loss, cfg.loss))
         finalize_grads(policy, num_units=cfg.train.global_batch_size)
 
-        digests = [None] * dist.get_world_size()
-        dist.all_gather_object(digests, row_digests(micro))
-        rows = {k: v for d in digests for k, v in d.items()}
-        assert len(rows) == 8, rows
-        if expected_rows is None:
-            expected_rows = rows
-        assert rows == expected_rows, f"rows differ at TP={tp} PP={pp} mbs={mbs}"
+        if cp == 1:
+            digests = [None] * dist.get_world_size()
+            dist.all_gather_object(digests, row_digests(micro))
+            rows = {k: v for d in digests for k, v in d.items()}
+            assert len(rows) == 8, rows
+            if expected_rows is None:
+                expected_rows = rows
+            assert rows == expected_rows, f"rows differ at {name}"
+        if not mbs:
+            assert len(micro) < 8 / run.runtime.dp and micro[0].tokens.shape[0] == 1 and micro[0].tokens.shape[1] <= ROW_TOKENS // cp, f"{name}: not packed"
 
         metrics = reduce_reports(reports) if parallel_state.is_pipeline_last_stage() else None
         if n == 0:
@@ -93,13 +99,13 @@ def main():
         else:
             if metrics is not None:
                 for key, value in expected_metrics.items():
-                    assert abs(metrics[key] - value) <= 1e-5 * max(1.0, abs(value)), f"TP={tp} PP={pp} mbs={mbs} {key}: {metrics[key]} vs {value}"
+                    assert abs(metrics[key] - value) <= 1e-5 * max(1.0, abs(value)), f"{name} {key}: {metrics[key]} vs {value}"
             expected = build_reference_model(run)  # same layout; receives the reference gradients
             load_weights(expected, work / "grads")
-            assert_grads_match(policy, expected, f"TP={tp} PP={pp} mbs={mbs}")
+            assert_grads_match(policy, expected, name)
         dist.barrier()
         if dist.get_rank() == 0:
-            print(f"INVARIANT OK TP={tp} PP={pp} DP={run.runtime.dp} micro_batch={mbs}", flush=True)
+            print(f"INVARIANT OK {name} DP={run.runtime.dp}", flush=True)
 
 
 if __name__ == "__main__":
