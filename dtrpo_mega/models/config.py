@@ -98,8 +98,8 @@ class DLLMConfig:
             raise ValueError(f"unknown model config fields: {unknown}; known: {sorted(known)}")
         return cls(**d)
 
-    def transformer_config(self, tp: int, pp: int, params_dtype: torch.dtype, use_cpu_initialization: bool):
-        """The megatron-core TransformerConfig of this model at a parallel layout."""
+    def transformer_config(self, tp: int, pp: int, params_dtype: torch.dtype, use_cpu_initialization: bool, cp: int = 1):
+        """The megatron-core TransformerConfig of this model at a parallel layout (CP: context-parallel size)."""
         from megatron.core.transformer.transformer_config import TransformerConfig
 
         self.check_parallel(tp, pp)
@@ -128,6 +128,7 @@ class DLLMConfig:
             init_method_std=self.init_method_std,
             tensor_model_parallel_size=tp,
             pipeline_model_parallel_size=pp,
+            context_parallel_size=cp,
             params_dtype=params_dtype,
             pipeline_dtype=params_dtype,
             bf16=params_dtype == torch.bfloat16,

@@ -4,7 +4,7 @@ Megatron's `finalize_model_grads` expects DDP's `main_grad` buffers (a GPU path)
 same reductions are done here on `.grad`: the partial gradients of replicated parameters that see
 only this rank's heads or sequence shard (q/k norms, sequence-parallel norms) over the TP group,
 the tied embedding/output weight across the first and last pipeline stages, then the
-data-parallel mean.
+data-parallel mean (summing over context-parallel ranks).
 """
 
 from __future__ import annotations
@@ -40,17 +40,20 @@ def reduce_tied_embedding_grads(model) -> None:
 
 
 def reduce_data_parallel_grads(model, num_units: float | None = None) -> None:
-    """Sum gradients over data-parallel ranks, then divide by `num_units` (default: the DP size).
+    """Sum gradients over the data- and context-parallel ranks, then divide by `num_units`
+    (default: the DP size).
 
     Losses are summed per micro-batch; dividing by the global number of units (pairs, tokens)
-    makes the result independent of how the global batch was split across ranks.
+    makes the result independent of how the global batch was split across ranks. A CP rank's
+    gradient is the part from its own tokens, so CP ranks add up and never average.
     """
     dp = parallel_state.get_data_parallel_world_size()
     divisor = num_units if num_units is not None else dp
-    group = parallel_state.get_data_parallel_group()
+    group = parallel_state.get_data_parallel_group(with_context_parallel=True)
+    reduce = dp * parallel_state.get_context_parallel_world_size() > 1
     for param in model.parameters():
         if param.grad is not None:
-            if dp > 1:
+            if reduce:
                 dist.all_reduce(param.grad, group=group)
             if divisor != 1:
                 param.grad.div_(divisor)
