@@ -1,0 +1,199 @@
+"""The memory planner against measurements: parameters exactly, saved activations within 15%.
+
+Activations are measured with `SavedActivations` during the forward of real micro-batches
+(`RowBuilder` rows of the dTRPO objective) on CPU, fp32 and bf16, `local` layers and attention.
+`pytest tests/test_plan_memory.py -s -k measured` prints every comparison.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, run_torchrun
+from dtrpo_mega.data import PreferencePair
+from dtrpo_mega.diffusion.scoring import Objective
+from dtrpo_mega.diffusion.trajectory import SchedulerConfig
+from dtrpo_mega.models.dllm import build_model
+from dtrpo_mega.models.families import model_config
+from dtrpo_mega.models.recompute import RecomputeConfig, RecomputeGranularity, RecomputeMethod, checkpoint_spans
+from dtrpo_mega.perf import memory as M
+from dtrpo_mega.perf.activations import SavedActivations
+from dtrpo_mega.rows import RowBuilder
+
+SHAPES = {  # Qwen2 GQA with q/k/v bias; Qwen3 q/k norm, wider, tied; LLaMA-style MHA
+    "fast_dllm_v2": ("fast_dllm_v2", {}),
+    "sdar_wide": ("sdar", dict(hidden_size=96, ffn_hidden_size=160, num_attention_heads=6, num_query_groups=3, tie_embeddings=True)),
+    "llada_mha": ("llada", dict(num_query_groups=4)),
+}
+RECOMPUTE = {
+    "none": RecomputeConfig(),
+    "selective": RecomputeConfig(RecomputeGranularity.SELECTIVE),
+    "full": RecomputeConfig(RecomputeGranularity.FULL),
+    "full_block2": RecomputeConfig(RecomputeGranularity.FULL, RecomputeMethod.BLOCK, 2),
+}
+LENGTHS = [(8, 16, 1), (13, 40, 2), (20, 96, 1)]  # prompt, response, pairs per micro-batch
+
+
+def _model(name: str):
+    family, overrides = SHAPES[name]
+    return model_config(family, "tiny", attention_backend="local", **overrides)
+
+
+def _pairs(n: int, prompt: int, response: int) -> list[PreferencePair]:
+    rng = np.random.default_rng(0)
+    return [PreferencePair(i, rng.integers(0, 200, prompt), rng.integers(0, 200, response), rng.integers(0, 200, response)) for i in range(n)]
+
+
+def _rope_saved(s: M.Settings) -> bool:
+    """The fp32 rotary tables (planned as the layout's cache) are also saved by autograd where rope
+    runs outside a checkpoint."""
+    g = s.recompute.granularity
+    if s.bf16 or g == RecomputeGranularity.SELECTIVE:
+        return False
+    return g == RecomputeGranularity.NONE or not all(r for *_, r in checkpoint_spans(s.recompute, s.stage_layers))
+
+
+def _compare(name: str, work: M.Workload, recompute: str, bf16: bool = False) -> float:
+    cfg = _model(name)
+    s = M.Settings(cfg, bf16=bf16, backend="local", transformer_impl="local", recompute=RECOMPUTE[recompute])
+    rows = RowBuilder(cfg, SchedulerConfig(), Objective.DTRPO, seed=1, pad_to_multiple=work.pad_to_multiple)
+    pairs = _pairs(work.pairs_per_step, work.prompt_length, work.response_length)
+    mb = rows.packed_micro_batches(pairs, 0, work.packed_tokens)[0] if work.packed_tokens else rows.micro_batch(pairs, 0)
+    shape = work.shape(cfg.block_size)
+    assert tuple(mb.tokens.shape) == (shape.rows, shape.tokens)
+    model = build_model(cfg, params_dtype=torch.bfloat16 if bf16 else torch.float32, transformer_impl="local", recompute=s.recompute).train()
+    with SavedActivations(model) as saved:
+        model(mb.tokens, mb.layout, labels=mb.labels)
+    predicted = sum(M.saved_bytes(s, shape).values()) + _rope_saved(s) * M.cache_bytes(s, shape)["rope"]
+    ratio = predicted / saved.bytes
+    print(f"\nmeasured {name} {'bf16' if bf16 else 'fp32'} rows {shape.rows}x{shape.tokens} recompute {recompute}: "
+          f"measured {saved.bytes} predicted {predicted:.0f} ratio {ratio:.4f}")
+    return ratio
+
+
+@pytest.mark.parametrize("recompute", list(RECOMPUTE))
+@pytest.mark.parametrize("prompt,response,pairs", LENGTHS)
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_measured_activations_fp32(world_of_one, name, prompt, response, pairs, recompute):
+    work = M.Workload(prompt, response, pairs_per_micro_batch=pairs, pairs_per_step=pairs)
+    assert abs(_compare(name, work, recompute) - 1) < 0.15
+
+
+@pytest.mark.parametrize("recompute", list(RECOMPUTE))
+@pytest.mark.parametrize("name", ["fast_dllm_v2", "sdar_wide"])
+def test_measured_activations_bf16(world_of_one, name, recompute):
+    work = M.Workload(13, 40, pairs_per_micro_batch=2, pairs_per_step=2)
+    assert abs(_compare(name, work, recompute, bf16=True) - 1) < 0.15
+
+
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_measured_activations_packed(world_of_one, recompute):
+    work = M.Workload(8, 16, packed_tokens=240, pairs_per_step=3)  # 3 pairs of 2 x 40 tokens fill one row
+    assert abs(_compare("fast_dllm_v2", work, recompute) - 1) < 0.15
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_parameters_exact(world_of_one, name):
+    """TP=1 exactly; TP=2 and PP=2 from megatron's own partition attributes of the same model."""
+    cfg = _model(name)
+    model = build_model(cfg, transformer_impl="local")
+    named = dict(model.named_parameters())
+    assert sum(p.numel() for p in named.values()) == M.stage_parameters(cfg, 1, 1, 0)
+    assert cfg.padded_vocab(1) == cfg.padded_vocab(2)
+    tp2 = sum(p.numel() // (2 if getattr(p, "tensor_model_parallel", False) else 1) for p in named.values())
+    assert tp2 == M.stage_parameters(cfg, 2, 1, 0)
+    half = cfg.num_layers // 2
+    layer = lambda n: int(n.split(".")[2]) if n.startswith("decoder.layers.") else None  # noqa: E731
+    first = sum(p.numel() for n, p in named.items() if n.startswith("embedding.") or (layer(n) is not None and layer(n) < half))
+    embedding = named["embedding.word_embeddings.weight"].numel()
+    last = sum(p.numel() for n, p in named.items() if not n.startswith("embedding.") and (layer(n) is None or layer(n) >= half))
+    assert first == M.stage_parameters(cfg, 1, 2, 0)
+    assert last + cfg.tie_embeddings * embedding == M.stage_parameters(cfg, 1, 2, 1)  # tied: a copy on the last stage
+
+
+def test_parallel_layouts_measured():
+    """TP=2, PP=2 (each stage) and CP=2 on 2 CPU ranks: parameters exactly, activations within 15%."""
+    output = run_torchrun("plan_memory_layouts.py", 2)
+    assert output.count("PLAN OK") == 3, output
+
+
+def _plan(**overrides):
+    cfg = model_config("fast_dllm_v2", "7b")
+    settings = M.Settings(cfg, M.ParallelLayout(tp=4, pp=2), **overrides)
+    return settings, M.Workload(512, 1024, pairs_per_step=64)
+
+
+def test_pipeline_in_flight_and_max_length():
+    s, work = _plan()
+    stages = M.plan(s, work)
+    assert [m.in_flight for m in stages] == [2, 1]  # 1F1B: the first stage holds PP micro-batches
+    assert M.plan(s, dataclasses.replace(work, pairs_per_step=1))[0].in_flight == 1
+    capacity = 60 * 2**30
+    best = M.max_response_length(s, work, capacity)
+    assert M.peak(s, dataclasses.replace(work, response_length=best)).total <= capacity
+    assert M.peak(s, dataclasses.replace(work, response_length=best + 1)).total > capacity
+    full = dataclasses.replace(s, recompute=RECOMPUTE["full"])
+    assert M.max_response_length(full, work, capacity) > best
+    assert M.max_response_length(s, work, 1 * 2**30) is None  # the weights alone do not fit
+
+
+def test_settings_errors():
+    cfg = model_config("fast_dllm_v2", "7b")
+    with pytest.raises(ValueError, match="unknown attention backend 'fast'"):
+        M.Settings(cfg, backend="fast")
+    with pytest.raises(ValueError, match="TP=3 does not divide num_attention_heads=28"):
+        M.Settings(cfg, M.ParallelLayout(tp=3))
+    with pytest.raises(ValueError, match="cp=0"):
+        M.Settings(cfg, M.ParallelLayout(cp=0))
+    with pytest.raises(ValueError, match="recompute_num_layers=20"):
+        M.Settings(cfg, M.ParallelLayout(pp=2), recompute=RecomputeConfig(RecomputeGranularity.FULL, num_layers=20))
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("plan_memory", REPO / "tools" / "plan_memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CONFIG = str(REPO / "examples" / "configs" / "fast_dllm_v2_7b.yaml")
+
+
+def test_cli_prints_table(capsys):
+    assert _tool().main(["--config", CONFIG, "--world-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "TP=4 PP=2 CP=1 DP=2" in out
+    for label in ("weights", "gradients", "optimizer", "mask/bias", "activations", "total, GiB"):
+        assert label in out
+    lengths = next(line for line in out.splitlines() if line.startswith("max response")).split()[-3:]
+    assert all(n.isdigit() and int(n) > 0 for n in lengths), out
+
+
+def test_cli_packing(capsys):
+    args = ["--config", CONFIG, "data.packing=true", "train.micro_batch_tokens=16384", "train.recompute_granularity=full"]
+    assert _tool().main(args) == 0
+    out = capsys.readouterr().out
+    assert "packed rows of 16384 tokens" in out and "max micro_batch_tokens" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--world-size", "8", "--cp", "3"], "not divisible by TP=4 x PP=2 x CP=3"),
+    (["--cp", "3", "data.packing=true", "train.micro_batch_tokens=8192"], "multiple of 2 x parallel.context_parallel_size=3"),
+    (["--tp", "3"], "TP=3 does not divide"),
+    (["model.overrides.attention_backend=fast"], "'fast' is not a valid AttentionBackend"),
+    (["objective.name=exact_trajectory"], "one row per decoding step"),
+])
+def test_cli_bad_inputs(capsys, args, message):
+    assert _tool().main(["--config", CONFIG, *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_unknown_backend_flag(capsys):
+    with pytest.raises(SystemExit):
+        _tool().main(["--config", CONFIG, "--backend", "fast"])
+    assert "invalid choice: 'fast'" in capsys.readouterr().err

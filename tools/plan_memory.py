@@ -1,0 +1,131 @@
+"""Per-GPU memory of a training config, with recompute none / selective / full side by side.
+
+    python tools/plan_memory.py --config examples/configs/fast_dllm_v2_7b.yaml [section.key=value ...]
+        [--tp N --pp N --cp N] [--dp N | --world-size N] [--gpu-memory 80] [--reserve 4]
+        [--prompt-length 512 --response-length 1024] [--backend auto|local|te|flex]
+
+Parallel sizes default to the config's (DP: 1, or the world size / (TP x PP x CP)). The model
+comes from `model.load`'s dtrpo_model.json when it exists, else from `model.family` / `model.size`.
+Formulas and assumptions: docs/training.md, "Planning memory" (dtrpo_mega/perf/memory.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from dtrpo_mega.config import load_config
+from dtrpo_mega.models.attention import AttentionBackend
+from dtrpo_mega.models.families import model_config
+from dtrpo_mega.models.recompute import RecomputeConfig, RecomputeGranularity
+from dtrpo_mega.perf import memory as M
+from dtrpo_mega.training.setup import resolve_model_config
+
+GIB = 1 << 30
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("overrides", nargs="*", help="section.key=value")
+    for name in ("tp", "pp", "cp", "dp", "world-size"):
+        parser.add_argument(f"--{name}", type=int)
+    parser.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80)")
+    parser.add_argument("--reserve", type=float, default=4.0, help="GiB not planned: CUDA context, NCCL, fragmentation (default 4)")
+    parser.add_argument("--prompt-length", type=int, default=512)
+    parser.add_argument("--response-length", type=int, default=1024)
+    parser.add_argument("--backend", choices=[b.value for b in AttentionBackend], help="default: the model's (auto = te)")
+    parser.add_argument("--transformer-impl", choices=M.IMPLS, default="transformer_engine")
+    return parser.parse_intermixed_args(argv)
+
+
+def resolve(args: argparse.Namespace) -> tuple[M.Settings, M.Workload, str]:
+    """The planner's inputs from the config, its overrides and the layout flags; a note on the model's source."""
+    overrides = list(args.overrides)
+    for flag, key in (("tp", "tensor_model_parallel_size"), ("pp", "pipeline_model_parallel_size"), ("cp", "context_parallel_size")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"parallel.{key}={getattr(args, flag)}")
+    cfg = load_config(args.config, overrides)
+    par = cfg.parallel
+    model_parallel = par.tensor_model_parallel_size * par.pipeline_model_parallel_size * par.context_parallel_size
+    dp = args.dp or 1
+    if args.world_size is not None:
+        if args.dp is not None:
+            raise ValueError("give --dp or --world-size, not both")
+        if args.world_size % model_parallel:
+            raise ValueError(f"--world-size {args.world_size} is not divisible by TP={par.tensor_model_parallel_size} x "
+                             f"PP={par.pipeline_model_parallel_size} x CP={par.context_parallel_size}")
+        dp = args.world_size // model_parallel
+    note = ""
+    try:
+        model = resolve_model_config(cfg)
+    except FileNotFoundError:
+        model = model_config(cfg.model.family, cfg.model.size, **cfg.model.overrides)
+        note = f"(model.load={cfg.model.load} not found: planned from model.family/size)"
+    settings, work = M.from_train_config(cfg, model, dp, args.prompt_length, args.response_length, args.backend, args.transformer_impl)
+    return settings, work, note
+
+
+def variants(s: M.Settings) -> dict[str, M.Settings]:
+    """The configured recompute setting and the two others (full: uniform, one layer per group)."""
+    out = {}
+    for g in RecomputeGranularity:
+        rc = s.recompute if g == s.recompute.granularity else RecomputeConfig(g)
+        out[g.value + ("*" if g == s.recompute.granularity else "")] = dataclasses.replace(s, recompute=rc)
+    return out
+
+
+def report(s: M.Settings, work: M.Workload, gpu_memory: float, reserve: float, note: str = "") -> str:
+    m, lay = s.model, s.layout
+    shape = work.shape(m.block_size, lay.cp)
+    capacity = (gpu_memory - reserve) * GIB
+    dtype = "bf16" if s.bf16 else "fp32"
+    lines = [
+        f"{m.family}: {m.num_layers} layers, hidden {m.hidden_size}, {M.stage_parameters(m, 1, 1, 0) / 1e9:.2f} B parameters {note}".rstrip(),
+        f"TP={lay.tp} PP={lay.pp} CP={lay.cp} DP={lay.dp}; {dtype}; {s.transformer_impl} layers; {s.backend.value} attention; "
+        f"reference: {'resident' if s.resident_reference else 'not resident (precomputed, or SFT)'}",
+        f"micro-batch: {shape.rows} row(s) x {shape.tokens} tokens ({shape.tokens // lay.cp} per CP rank); prompt {work.prompt_length}, "
+        f"response {work.response_length}" + (f"; packed rows of {work.packed_tokens} tokens" if work.packed_tokens else "")
+        + f"; {work.micro_batches(m.block_size)} micro-batches per step",
+        "",
+    ]
+    plans = {name: (v, M.peak(v, work)) for name, v in variants(s).items()}
+    rows = [
+        ("per layer per token, KiB", lambda v, p: M.stage_layer_bytes(v, shape.tokens) / v.stage_layers / 1024, "{:.2f}"),
+        ("fullest pipeline stage", lambda v, p: p.stage, "{}"),
+        ("micro-batches in flight", lambda v, p: p.in_flight, "{}"),
+        (f"weights ({dtype}), GiB", lambda v, p: p.weights / GIB, "{:.2f}"),
+        ("gradients (fp32), GiB", lambda v, p: p.gradients / GIB, "{:.2f}"),
+        (f"optimizer (/ DP x CP = {lay.dp * lay.cp}), GiB", lambda v, p: p.optimizer / GIB, "{:.2f}"),
+        ("reference weights, GiB", lambda v, p: p.reference / GIB, "{:.2f}"),
+        ("mask/bias + rope, GiB", lambda v, p: p.caches / GIB, "{:.2f}"),
+        ("activations, GiB", lambda v, p: p.activations / GIB, "{:.2f}"),
+        ("transient, GiB", lambda v, p: p.transient / GIB, "{:.2f}"),
+        ("reference forward, GiB", lambda v, p: p.reference_forward / GIB, "{:.2f}"),
+        ("total, GiB", lambda v, p: p.total / GIB, "{:.2f}"),
+        (f"max response ({gpu_memory:g} - {reserve:g} GiB)", lambda v, p: M.max_response_length(v, work, capacity), "{}"),
+    ]
+    if work.packed_tokens:
+        rows.append(("max micro_batch_tokens", lambda v, p: M.max_packed_tokens(v, work, capacity), "{}"))
+    width = max(len(r[0]) for r in rows) + 2
+    lines.append(" " * width + "".join(f"{name:>12}" for name in plans))
+    for label, value, fmt in rows:
+        cells = [value(v, p) for v, p in plans.values()]
+        lines.append(f"{label:<{width}}" + "".join(f"{'-' if c is None else fmt.format(c):>12}" for c in cells))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        settings, work, note = resolve(args)
+    except ValueError as err:
+        print(f"plan_memory: {err}", file=sys.stderr)
+        return 2
+    print(report(settings, work, args.gpu_memory, args.reserve, note))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
