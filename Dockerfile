@@ -9,11 +9,13 @@ COPY dtrpo_mega ./dtrpo_mega
 COPY tools ./tools
 COPY examples ./examples
 
-# The image's torch, Transformer Engine and apex stay: the `gpu` extra (transformer-engine) is
-# installed only where the base image lacks TE, so pip never rebuilds NVIDIA's own build.
+# The image's torch, Transformer Engine and apex stay (NGC's PIP_CONSTRAINT pins them). Only a
+# base image without TE takes the `gpu` extra, which compiles TE's PyTorch extension against the
+# image's torch: PyPI has no wheel of it (only of TE's core library); the build needs nvcc and
+# cuDNN headers, and sees the image's torch only with --no-build-isolation.
 RUN if python -c "import transformer_engine.pytorch" 2>/dev/null; then \
         pip install --no-cache-dir -e . ; \
     else \
-        pip install --no-cache-dir -e ".[gpu]" ; \
+        pip install --no-cache-dir --no-build-isolation -e ".[gpu]" ; \
     fi && \
     python -c "import dtrpo_mega.models.dllm, transformer_engine.pytorch; print('dtrpo_mega ready')"

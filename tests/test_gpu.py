@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import requires_cuda
+from test_flex import _layout
 from test_models import _backend_outputs
 
 pytestmark = [requires_cuda, pytest.mark.gpu]
@@ -12,9 +14,13 @@ TOL = {torch.float32: dict(rtol=2e-3, atol=2e-3), torch.bfloat16: dict(rtol=5e-2
 
 
 @pytest.fixture
-def fused_attention_only(monkeypatch):
+def transformer_engine():
+    pytest.importorskip("transformer_engine.pytorch", reason="Transformer Engine is not installed (no prebuilt wheel of its PyTorch extension)")
+
+
+@pytest.fixture
+def fused_attention_only(transformer_engine, monkeypatch):
     """TE may then only use cuDNN fused attention: it raises if that cannot take our bias mask."""
-    pytest.importorskip("transformer_engine.pytorch")
     monkeypatch.setenv("NVTE_FLASH_ATTN", "0")
     monkeypatch.setenv("NVTE_UNFUSED_ATTN", "0")
     monkeypatch.setenv("NVTE_FUSED_ATTN", "1")
@@ -29,7 +35,7 @@ def assert_backend_matches_local(family, backend, dtype):
 
 
 @pytest.mark.parametrize("family", ["sdar", "llada"])
-def test_te_matches_local_fp32(world_of_one, family):
+def test_te_matches_local_fp32(world_of_one, transformer_engine, family):
     assert_backend_matches_local(family, "te", torch.float32)
 
 
@@ -41,3 +47,29 @@ def test_te_fused_attention_takes_the_bias_mask_bf16(world_of_one, fused_attenti
 @pytest.mark.parametrize("family", ["sdar", "dream"])
 def test_compiled_flex_matches_local_with_gradients(world_of_one, family):
     assert_backend_matches_local(family, "flex", torch.float32)
+
+
+def test_compiled_flex_compiles_once_per_bucket_with_gradients():
+    """Five row lengths in two buckets: two inductor compilations, each matching dense attention."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from dtrpo_mega.models.flex import bucket_length, compiled_flex, flex_attention
+
+    counter = CompileCounterWithBackend("inductor")
+    kernel = compiled_flex(counter)
+    lengths = [140, 200, 250, 300, 380]
+    buckets = set()
+    for i, n in enumerate(lengths):
+        layout = _layout(n, seed=i).to("cuda")
+        buckets.add(bucket_length(layout.seq_len))
+        g = torch.Generator(device="cuda").manual_seed(i)
+        q, k, v = (torch.randn(2, heads, layout.seq_len, 64, device="cuda", generator=g, requires_grad=True) for heads in (4, 2, 2))
+        out = flex_attention(q, k, v, layout, scale=0.125, kernel=kernel)
+        grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.allowed(), scale=0.125, enable_gqa=True)
+        ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+        torch.testing.assert_close(out, ref, **TOL[torch.float32])
+        for got, want in zip(grads, ref_grads):
+            torch.testing.assert_close(got, want, **TOL[torch.float32])
+    assert len(buckets) == 2
+    assert counter.frame_count == len(buckets), f"{counter.frame_count} compilations for {len(buckets)} buckets"

@@ -42,7 +42,7 @@ def test_family_fields_land_in_the_model(world_of_one, family, qkv_bias, qk_norm
     core = attention.core_attention
     assert isinstance(core, DLLMCoreAttention)
     assert core.rope_theta == FAMILY_TRAITS[family]["rope_theta"]
-    assert core.backend == AttentionBackend.LOCAL
+    assert core.backend == (AttentionBackend.FLEX if torch.cuda.is_available() else AttentionBackend.LOCAL)  # `auto`
     assert cfg.mask_token_id == cfg.vocab_size - 1  # tiny models keep the mask id in range
     qkv_rows = (cfg.num_attention_heads + 2 * cfg.num_query_groups) * cfg.head_dim
     assert params["decoder.layers.0.self_attention.linear_qkv.weight"].shape == (qkv_rows, cfg.hidden_size)
@@ -148,7 +148,10 @@ def _backend_outputs(family, backends, device="cpu", dtype=torch.float32, with_g
     for backend in backends:
         model = build_model(model_config(family, attention_backend=backend), params_dtype=dtype)
         weights = weights or model.state_dict()
-        model.load_state_dict(weights)
+        # A `te` core attention holds TE's DotProductAttention, whose `_extra_state` (FP8
+        # metadata) the other backends lack: load non-strict, but only that may differ.
+        loaded = model.load_state_dict(weights, strict=False)
+        assert all(key.endswith("._extra_state") for key in loaded.missing_keys + loaded.unexpected_keys), loaded
         with torch.set_grad_enabled(with_grads):
             logits = model(tokens, layout)
             if with_grads:

@@ -9,24 +9,30 @@ each deriving its mask from `dtrpo_mega.diffusion.mask.may_attend`:
   `post_scale_bias` (11ss when the micro-batch shares one mask, else b1ss), which TE can run on
   its fused cuDNN kernel; an `arbitrary` boolean mask would drop TE to its unfused path.
 - `flex`: torch flex_attention with a block-sparse mask built from the same predicate
-  (compiled on CUDA; eager, unfused reference on CPU).
+  (`flex.py`: compiled once per bucketed length on CUDA; eager, unfused reference on CPU).
+`auto` is `flex` on CUDA: it computes only the mask's non-empty 128 x 128 tiles and reads no
+s x s bias (`tools/attention_cost.py`, docs/benchmarks.md).
 A decoder call with a block KV cache (`layout.kv_cache`) attends to the cached keys plus its
 span's own, through torch scaled_dot_product_attention whatever the backend.
+Under context parallelism (`layout.query_index` set) a rank ropes its own tokens' q/k, then
+all-gathers K and V over the CP group (`dtrpo_mega/parallel/context.py`) and attends to the row.
 """
 
 from __future__ import annotations
 
-import functools
 from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from megatron.core import parallel_state
 from megatron.core.transformer.module import MegatronModule
 
-from dtrpo_mega.diffusion.mask import PAD_SEGMENT, TokenLayout, may_attend
+from dtrpo_mega.diffusion.mask import PAD_SEGMENT, TokenLayout
+from dtrpo_mega.models.flex import flex_attention, flex_available
 from dtrpo_mega.models.rotary import apply_rotary, rotary_tables
+from dtrpo_mega.parallel.context import gather_sequence
 
 
 class AttentionBackend(str, Enum):
@@ -34,14 +40,6 @@ class AttentionBackend(str, Enum):
     LOCAL = "local"
     TE = "te"
     FLEX = "flex"
-
-
-def flex_available() -> bool:
-    try:
-        from torch.nn.attention import flex_attention  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def te_available() -> bool:
@@ -55,37 +53,15 @@ def te_available() -> bool:
 
 
 def resolve_backend(backend: AttentionBackend | str) -> AttentionBackend:
-    """`auto` is `te` where CUDA and Transformer Engine are present, else `local`."""
+    """`auto` is `flex` where CUDA and flex_attention are present, else `local`."""
     backend = AttentionBackend(backend)
     if backend == AttentionBackend.AUTO:
-        return AttentionBackend.TE if te_available() else AttentionBackend.LOCAL
+        return AttentionBackend.FLEX if torch.cuda.is_available() and flex_available() else AttentionBackend.LOCAL
     if backend == AttentionBackend.TE and not te_available():
         raise RuntimeError("attention backend 'te' needs CUDA and transformer_engine; use 'local' or 'flex'")
     if backend == AttentionBackend.FLEX and not flex_available():
         raise RuntimeError(f"attention backend 'flex' needs torch.nn.attention.flex_attention (torch {torch.__version__} lacks it)")
     return backend
-
-
-@functools.cache
-def _compiled_flex():
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention, dynamic=False)
-
-
-def flex_block_mask(layout: TokenLayout, device: torch.device):
-    """flex_attention BlockMask of the layout, from the same predicate as the dense mask."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    def build():
-        (qp, qn, qs), (kp, kn, ks) = ([t.to(device) for t in fields] for fields in (layout.queries(), layout.keys()))
-
-        def mask_mod(b, h, q, k):
-            return may_attend(layout.variant, layout.block_size, qp[b, q], qn[b, q], qs[b, q], kp[b, k], kn[b, k], ks[b, k])
-
-        return create_block_mask(mask_mod, B=qp.shape[0], H=None, Q_LEN=qp.shape[1], KV_LEN=kp.shape[1], device=device)
-
-    return layout.cached(("flex_block_mask", str(device)), build)
 
 
 def additive_bias(layout: TokenLayout, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -119,14 +95,13 @@ class DLLMCoreAttention(MegatronModule):
         super().__init__(config=config)
         if (attention_dropout if attention_dropout is not None else config.attention_dropout) != 0:
             raise ValueError("dLLM core attention supports attention_dropout = 0 only")
-        if config.context_parallel_size != 1:
-            raise ValueError("context parallelism is not supported by the dLLM core attention")
         self.backend = resolve_backend(backend)
         self.layer_number = layer_number
         self.rope_theta = rope_theta
         self.head_dim = config.kv_channels
         self.softmax_scale = softmax_scale if softmax_scale is not None else self.head_dim**-0.5
         self.te_attention = self._build_te(config, layer_number) if self.backend == AttentionBackend.TE else None
+        self.cp_group = getattr(pg_collection, "cp", None)  # None: megatron's global CP group
 
     def _build_te(self, config, layer_number):
         from transformer_engine.pytorch import DotProductAttention
@@ -154,6 +129,14 @@ class DLLMCoreAttention(MegatronModule):
             lambda: rotary_tables(layout.queries()[0].to(query.device), self.head_dim, self.rope_theta),
         )
         query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        if layout.query_index is not None:  # context parallel: attend to the keys of the whole row
+            group = self.cp_group if self.cp_group is not None else parallel_state.get_context_parallel_group()
+            key, value = gather_sequence(key, group), gather_sequence(value, group)
+            if key.shape[0] != layout.key_index.numel():
+                raise ValueError(
+                    f"{key.shape[0]} gathered keys but the layout names {layout.key_index.numel()}: shard the layout "
+                    "with parallel.context_parallel_size (dtrpo_mega.parallel.context.shard_layout)"
+                )
         s, b = query.shape[:2]
         if self.backend == AttentionBackend.TE:
             bias = additive_bias(layout, query.dtype, query.device)
@@ -165,8 +148,7 @@ class DLLMCoreAttention(MegatronModule):
         if layout.kv_cache is not None:
             out = self._cached_attention(q, k, v, layout)
         elif self.backend == AttentionBackend.FLEX:
-            flex = _compiled_flex() if q.is_cuda else _eager_flex()
-            out = flex(q, k, v, block_mask=flex_block_mask(layout, q.device), scale=self.softmax_scale, enable_gqa=k.shape[1] != q.shape[1])
+            out = flex_attention(q, k, v, layout, self.softmax_scale)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=layout.allowed().to(q.device), scale=self.softmax_scale,
@@ -181,9 +163,3 @@ class DLLMCoreAttention(MegatronModule):
         real = (layout.segments != PAD_SEGMENT).to(q.device)
         mask = torch.cat([cached[:, None, None, :] & real[:, None, :, None], layout.allowed().to(q.device)], dim=-1)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.softmax_scale, enable_gqa=k.shape[1] != q.shape[1])
-
-
-def _eager_flex():
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return flex_attention

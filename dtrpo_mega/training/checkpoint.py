@@ -10,7 +10,8 @@
 
 The tracker file is replaced atomically only after every rank finished writing, so a save cut
 short is never resumed from. Optimizer state is restored only at the same TP/PP/DP layout; at a
-different layout the weights load resharded and the optimizer starts fresh (logged).
+different layout the weights load resharded and the optimizer starts fresh (logged), its fp32
+main copies of the weights refreshed from the loaded ones.
 """
 
 from __future__ import annotations
@@ -80,8 +81,21 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
+def _refresh_main_params(optimizer) -> None:
+    """megatron's mixed-precision optimizers keep fp32 main copies of the weights, taken when they
+    were built; after weights are loaded without optimizer state, copy them in (as Megatron-LM's
+    load_checkpoint does), or the first step writes the old weights back. torch AdamW (CPU) steps
+    the parameters themselves and has none."""
+    reload = getattr(getattr(optimizer, "optimizer", None), "reload_model_params", None)
+    if reload is not None:
+        reload()
+
+
 def load_checkpoint(path: Path, model, optimizer) -> Resumed:
-    """Weights at any layout; optimizer and RNG only where the layout is unchanged."""
+    """Weights at any layout; optimizer and RNG only where the layout is unchanged.
+
+    The optimizer must already be built (its distributed optimizer over `model`).
+    """
     load_model(model, path / "model")
     saved = json.loads((path / "trainer.json").read_text())
     same_layout = saved["layout"] == _layout()
@@ -93,4 +107,6 @@ def load_checkpoint(path: Path, model, optimizer) -> Resumed:
             optimizer.optimizer.load_state_dict(dist_checkpointing.load(sharded, str(path / "optimizer")))
         else:
             optimizer.load_state_dict(state["optimizer"])
+    else:
+        _refresh_main_params(optimizer)
     return Resumed(step=saved["step"], optimizer_restored=same_layout, path=path)
