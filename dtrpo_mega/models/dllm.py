@@ -21,6 +21,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from dtrpo_mega.diffusion.mask import TokenLayout
 from dtrpo_mega.models.attention import DLLMCoreAttention, resolve_backend, te_available
 from dtrpo_mega.models.config import DLLMConfig
+from dtrpo_mega.models.recompute import RecomputeConfig, apply_recompute
 from dtrpo_mega.parallel.cpu_shims import tensor_cuda_stays_on_cpu
 
 
@@ -88,12 +89,15 @@ class DLLM(GPTModel):
         return super().forward(input_ids=input_ids, position_ids=None, attention_mask=layout, labels=labels, **kwargs)
 
 
-def build_model(cfg: DLLMConfig, params_dtype: torch.dtype = torch.float32, transformer_impl: str = "auto") -> DLLM:
-    """This rank's pipeline stage of the model, on the current device, under the current groups."""
+def build_model(cfg: DLLMConfig, params_dtype: torch.dtype = torch.float32, transformer_impl: str = "auto", recompute: RecomputeConfig | None = None) -> DLLM:
+    """This rank's pipeline stage of the model, on the current device, under the current groups,
+    recomputing activations in training mode as `recompute` says (None: keep them all)."""
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
     on_gpu = torch.cuda.is_available()
-    transformer_config = cfg.transformer_config(tp, pp, params_dtype, use_cpu_initialization=not on_gpu)
+    transformer_config = cfg.transformer_config(
+        tp, pp, params_dtype, use_cpu_initialization=not on_gpu, cp=parallel_state.get_context_parallel_world_size()
+    )
     model = DLLM(
         cfg,
         transformer_config,
@@ -102,4 +106,6 @@ def build_model(cfg: DLLMConfig, params_dtype: torch.dtype = torch.float32, tran
         post_process=parallel_state.is_pipeline_last_stage(),
         padded_vocab_size=cfg.padded_vocab(tp),
     )
+    if recompute is not None:
+        apply_recompute(model, recompute)
     return model.cuda() if on_gpu else model

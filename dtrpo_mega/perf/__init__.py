@@ -1,0 +1,1 @@
+"""What a run costs: saved activations (measured), memory and FLOPs (estimated)."""
