@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo lint test test-fast clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,11 +19,18 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check dtrpo_mega tools tests examples
+
+test: lint
 	$(PY) -m pytest -q -rs
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(PY) -m pytest -q -rs -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+.PHONY: gpu-check
+gpu-check:  # one GPU, NGC-like image: install what is missing (wheels only), tests/test_gpu.py, throughput into docs/gpu.md
+	PYTHON=$(PYTHON) bash tools/gpu_check.sh

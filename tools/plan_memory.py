@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--reserve", type=float, default=4.0, help="GiB not planned: CUDA context, NCCL, fragmentation (default 4)")
     parser.add_argument("--prompt-length", type=int, default=512)
     parser.add_argument("--response-length", type=int, default=1024)
-    parser.add_argument("--backend", choices=[b.value for b in AttentionBackend], help="default: the model's (auto = te)")
+    parser.add_argument("--backend", choices=[b.value for b in AttentionBackend], help="default: the model's (auto = flex, the CUDA default)")
     parser.add_argument("--transformer-impl", choices=M.IMPLS, default="transformer_engine")
     return parser.parse_intermixed_args(argv)
 

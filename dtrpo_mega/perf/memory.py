@@ -91,7 +91,7 @@ class Settings:
     model: DLLMConfig
     layout: ParallelLayout = field(default_factory=ParallelLayout)
     bf16: bool = True
-    backend: AttentionBackend = AttentionBackend.TE  # `auto` plans for GPUs: te
+    backend: AttentionBackend = AttentionBackend.FLEX  # `auto` plans for GPUs: flex, the CUDA default
     transformer_impl: str = "transformer_engine"  # megatron-core layer spec: transformer_engine | local
     recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
     resident_reference: bool = False
@@ -101,7 +101,7 @@ class Settings:
             backend = AttentionBackend(self.backend)
         except ValueError:
             raise ValueError(f"unknown attention backend {self.backend!r}; choose from {[b.value for b in AttentionBackend]}") from None
-        object.__setattr__(self, "backend", AttentionBackend.TE if backend == AttentionBackend.AUTO else backend)
+        object.__setattr__(self, "backend", AttentionBackend.FLEX if backend == AttentionBackend.AUTO else backend)
         if self.transformer_impl not in IMPLS:
             raise ValueError(f"unknown transformer_impl {self.transformer_impl!r}; choose from {list(IMPLS)}")
         self.layout.check(self.model)
