@@ -1,8 +1,14 @@
-"""What the benchmarks in tools/ share: the options that shape a randomly initialized backbone."""
+"""What the benchmarks in tools/ share: the options that shape a randomly initialized backbone,
+the machine line and the JSON results file."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+
+import torch
 
 from dtrpo_mega.models.config import DLLMConfig
 from dtrpo_mega.models.families import model_config
@@ -24,3 +30,15 @@ def backbone_config(args: argparse.Namespace) -> DLLMConfig:
     return model_config(args.family, vocab_size=args.vocab, hidden_size=args.hidden, ffn_hidden_size=4 * args.hidden,
                         num_layers=args.layers, num_attention_heads=args.heads, num_query_groups=args.groups,
                         block_size=args.block, sub_block_size=args.sub_block, attention_backend=args.backend)
+
+
+def host(*extra: str) -> str:
+    """The processor, core count (and `extra`, e.g. the device) and torch version, for result tables."""
+    return ", ".join([platform.processor() or platform.machine(), f"{os.cpu_count()} cores", *extra, f"torch {torch.__version__}"])
+
+
+def write_results(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+    print(f"\nwrote {path}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -24,7 +23,7 @@ import time
 
 import torch
 
-from dtrpo_mega.benchmark import add_backbone_options, backbone_config
+from dtrpo_mega.benchmark import add_backbone_options, backbone_config, host, write_results
 
 
 def worker(args) -> None:
@@ -98,7 +97,7 @@ def main() -> None:
         if proc.returncode:
             raise RuntimeError(f"CP={cp} failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    machine = host()
     print(f"one pair, prompt {args.prompt}, responses {args.response}: 2 rows of {results[0]['row_tokens']} tokens; {machine}")
     print(f"model: {args.family} hidden {args.hidden}, {args.layers} layers, block {args.block}; policy forward + backward, fp32, local attention\n")
     print(f"{'CP':>3}{'tokens/rank':>12}{'activations MiB/rank':>22}{'peak RSS MiB/rank':>19}{'step s':>8}{'balance max/mean':>18}")
@@ -106,10 +105,7 @@ def main() -> None:
         worst = max(r["ranks"], key=lambda x: x["activations_mib"])
         print(f"{r['cp']:>3}{worst['local_tokens']:>12}{worst['activations_mib']:>22.0f}{max(x['peak_rss_mib'] for x in r['ranks']):>19.0f}"
               f"{max(x['step_s'] for x in r['ranks']):>8.2f}{max(r['balance']):>18.3f}")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"args": vars(args), "machine": machine, "results": results}, f, indent=2)
-    print(f"\nwrote {args.out}")
+    write_results(args.out, {"args": vars(args), "machine": machine, "results": results})
 
 
 if __name__ == "__main__":

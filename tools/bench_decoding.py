@@ -11,14 +11,11 @@ same tokens. Prints a table, writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 
 import torch
 
-from dtrpo_mega.benchmark import add_backbone_options, backbone_config
+from dtrpo_mega.benchmark import add_backbone_options, backbone_config, host, write_results
 
 
 def main() -> None:
@@ -56,7 +53,7 @@ def main() -> None:
                          "model_calls": stats.batch_calls, "tokens_per_forward": stats.tokens_per_forward, "seconds": seconds})
         if tokens[True] != tokens[False]:
             raise SystemExit(f"new={new}: the cached decoder produced different tokens")
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}, torch {torch.__version__}"
+    machine = host(device)
     print(f"{args.family} hidden {args.hidden}, {args.layers} layers, block {args.block}/{args.sub_block}, {args.tokens_per_step} tokens/step, "
           f"prompt {args.prompt}, batch {args.batch} ({machine})\n")
     print(f"{'new tokens':>10}{'kv cache':>10}{'calls':>8}{'tokens/s':>12}{'speed-up':>10}")
@@ -64,10 +61,7 @@ def main() -> None:
         base = next(b for b in rows if b["new_tokens"] == r["new_tokens"] and not b["kv_cache"])
         print(f"{r['new_tokens']:>10}{str(r['kv_cache']):>10}{r['model_calls']:>8}{r['tokens_per_s']:>12.1f}"
               f"{r['tokens_per_s'] / base['tokens_per_s']:>10.2f}")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"args": vars(args), "machine": machine, "rows": rows}, f, indent=2)
-    print(f"\nwrote {args.out}")
+    write_results(args.out, {"args": vars(args), "machine": machine, "rows": rows})
 
 
 if __name__ == "__main__":

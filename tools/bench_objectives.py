@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from dtrpo_mega.benchmark import add_backbone_options, backbone_config
+from dtrpo_mega.benchmark import add_backbone_options, backbone_config, host, write_results
 
 OBJECTIVES = ["dpo_causal", "dtrpo", "vrpo_1", "vrpo_4", "vrpo_8", "exact_trajectory"]
 
@@ -134,16 +133,13 @@ def main() -> None:
     argv = [a for a in sys.argv[1:]]
     rows = [in_subprocess(o, args.response, argv) for o in args.objectives]
     scaling = [in_subprocess("dtrpo", n, argv) for n in args.lengths]
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    machine = host()
     print(f"per preference pair, reference forward + policy forward and backward ({machine})")
     print(f"model: {args.family} hidden {args.hidden}, {args.layers} layers, block {args.block}/{args.sub_block}, prompt {args.prompt}\n")
     print(table(rows))
     print("\ndtrpo against response length")
     print(table(scaling))
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"args": vars(args), "machine": machine, "objectives": rows, "dtrpo_lengths": scaling}, f, indent=2)
-    print(f"\nwrote {args.out}")
+    write_results(args.out, {"args": vars(args), "machine": machine, "objectives": rows, "dtrpo_lengths": scaling})
 
 
 if __name__ == "__main__":

@@ -14,16 +14,13 @@ real (non-padding) tokens per second and step time; the median of `--repeats` st
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 
 import numpy as np
 import torch
 
-from dtrpo_mega.benchmark import add_backbone_options, backbone_config
+from dtrpo_mega.benchmark import add_backbone_options, backbone_config, host, write_results
 
 
 def preference_like_pairs(n: int, vocab: int, scale: float, seed: int):
@@ -88,17 +85,14 @@ def main() -> None:
                         "tokens": total, "padding_fraction": padding / total, "step_s": seconds,
                         "real_tokens_per_s": (total - padding) / seconds})
     base = results[0]["real_tokens_per_s"]
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    machine = host()
     print(f"{args.pairs} preference-like pairs (scale {args.scale}), longest pair {longest} tokens, packed rows of {budget}; {machine}")
     print(f"model: {args.family} hidden {args.hidden}, {args.layers} layers, block {args.block}; reference forward + policy forward/backward\n")
     print(f"{'variant':<10}{'micro-batches':>14}{'rows':>6}{'tokens':>8}{'padding':>9}{'step s':>8}{'real tok/s':>11}{'x':>6}")
     for r in results:
         print(f"{r['variant']:<10}{r['micro_batches']:>14}{r['rows']:>6}{r['tokens']:>8}{r['padding_fraction']:>9.1%}"
               f"{r['step_s']:>8.2f}{r['real_tokens_per_s']:>11.0f}{r['real_tokens_per_s'] / base:>6.2f}")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"args": vars(args), "machine": machine, "row_tokens": budget, "longest_pair": longest, "results": results}, f, indent=2)
-    print(f"\nwrote {args.out}")
+    write_results(args.out, {"args": vars(args), "machine": machine, "row_tokens": budget, "longest_pair": longest, "results": results})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ import time
 
 import torch
 
-from dtrpo_mega.benchmark import add_backbone_options, backbone_config
+from dtrpo_mega.benchmark import add_backbone_options, backbone_config, host, write_results
 from dtrpo_mega.models.recompute import RecomputeConfig, RecomputeGranularity, RecomputeMethod
 
 SETTINGS = ["none", "selective", "full_uniform_1", "full_block_half"]
@@ -136,14 +135,11 @@ def main() -> None:
     for r in rows:
         if abs(r["loss"] - base) > 1e-5 * abs(base):
             raise RuntimeError(f"{r['setting']}: loss {r['loss']} differs from none's {base}")
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    machine = host()
     print(f"one training step, {args.rows} rows x {args.tokens} tokens ({machine})")
     print(f"model: {args.family} hidden {args.hidden}, {args.layers} layers, vocabulary {args.vocab}, backend {args.backend}\n")
     print(table(rows))
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"args": vars(args), "machine": machine, "settings": rows}, f, indent=2)
-    print(f"\nwrote {args.out}")
+    write_results(args.out, {"args": vars(args), "machine": machine, "settings": rows})
 
 
 if __name__ == "__main__":
