@@ -110,9 +110,7 @@ class RowBuilder:
                 labels[r, span], weights[r, span] = s.labels, s.weights
                 segments[r, span], sequence[r, span] = segment, 2 * slot + s.role
                 start += len(s)
-        lengths = torch.zeros(len(pairs), 2, dtype=torch.float64)
-        for slot, pair in enumerate(pairs):
-            for seq in self.sequences(pair):
-                lengths[slot, seq.role] = len(seq.tokens) - seq.prompt_len
+        scored_roles = 2 if self.objective.is_preference else 1  # SFT scores the chosen response only
+        lengths = torch.tensor([[len(p.chosen), len(p.rejected)][:scored_roles] + [0] * (2 - scored_roles) for p in pairs], dtype=torch.float64).reshape(len(pairs), 2)
         layout = TokenLayout(positions, noisy, segments, MaskVariant.BLOCK_DIFFUSION, self.model.block_size)
         return ScoredRows(tokens, layout, labels, weights, sequence, torch.tensor([p.index for p in pairs]), lengths, epoch)
