@@ -17,8 +17,10 @@ import yaml
 
 from dtrpo_mega.data.config import DataConfig
 from dtrpo_mega.diffusion.scoring import Objective
+from dtrpo_mega.diffusion.spec import ScoringLayout, SFTConvention
 from dtrpo_mega.diffusion.trajectory import RevealOrder, SchedulerConfig
 from dtrpo_mega.losses.preference import LossConfig
+from dtrpo_mega.models.families import family_names, get_family
 from dtrpo_mega.models.recompute import RecomputeConfig, RecomputeGranularity, RecomputeMethod
 
 
@@ -42,10 +44,27 @@ class ParallelSection:
     context_parallel_size: int = 1  # every row's tokens split over this many ranks
 
 
+FAMILY_DEFAULT = "family"
+
+
 @dataclass
 class ObjectiveSection:
     name: Objective = Objective.DTRPO
     vrpo_samples: int = 8
+    scoring: str = FAMILY_DEFAULT  # family | one_pass | per_block (full-attention families only)
+    sft_convention: str = FAMILY_DEFAULT  # name=sft: the family's own SFT loss, or another family's
+
+    def __post_init__(self):
+        if self.scoring != FAMILY_DEFAULT and self.scoring not in [s.value for s in ScoringLayout]:
+            raise ValueError(f"objective.scoring={self.scoring!r}; choose from {[FAMILY_DEFAULT, *(s.value for s in ScoringLayout)]}")
+        if self.sft_convention != FAMILY_DEFAULT and self.sft_convention not in family_names():
+            raise ValueError(f"objective.sft_convention={self.sft_convention!r}; choose from {[FAMILY_DEFAULT, *family_names()]}")
+
+    def layout(self, family: str) -> ScoringLayout:
+        return get_family(family).scoring if self.scoring == FAMILY_DEFAULT else ScoringLayout(self.scoring)
+
+    def sft(self, family: str) -> SFTConvention:
+        return get_family(family if self.sft_convention == FAMILY_DEFAULT else self.sft_convention).sft
 
 
 @dataclass

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|begin_of_text|>"]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|begin_of_text|>",
+                  "<|startoftext|>"]
 WORDS = ["system", "user", "assistant", "count", "up", "from", ":", "<unk>"] + [str(i) for i in range(100)] + ["sort"]
 
 

@@ -20,21 +20,12 @@ import pytest
 import sentencepiece
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from dtrpo_mega.data import (
-    FAMILY_CHAT_TEMPLATES,
-    ChatEncoder,
-    DataConfig,
-    PreferenceDataset,
-    build_preference_dataset,
-    chat_template,
-    check_vocabulary,
-    load_tokenizer,
-)
+from dtrpo_mega.data import ChatEncoder, DataConfig, PreferenceDataset, build_preference_dataset, check_vocabulary, load_tokenizer
 from dtrpo_mega.data.indexed import paths
-from dtrpo_mega.models.families import FAMILY_TRAITS, model_config
+from dtrpo_mega.models.families import FAMILIES, chat_template, model_config
 
 REPO = Path(__file__).resolve().parents[1]
-SPECIALS = sorted({t for template in FAMILY_CHAT_TEMPLATES.values() for t in template.special_tokens})
+SPECIALS = sorted({t for family in FAMILIES.values() for t in family.chat.special_tokens})
 CORPUS = [string.printable[:94] + " \n", "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
           "system user assistant why is the sky blue? because of rayleigh scattering of light"] * 20
 
@@ -106,11 +97,7 @@ PLAIN = [{"prompt": "why is the sky blue?", "chosen": "rayleigh scattering", "re
 # -- formats and chat templates ---------------------------------------------------------------------
 
 
-def test_every_family_has_a_chat_template():
-    assert set(FAMILY_CHAT_TEMPLATES) == set(FAMILY_TRAITS)
-
-
-@pytest.mark.parametrize("family,eot,bos", [("fast_dllm_v2", "<|im_end|>", ""), ("llada", "<|eot_id|>", "<|begin_of_text|>")])
+@pytest.mark.parametrize("family,eot,bos", [("fast_dllm_v2", "<|im_end|>", ""), ("llada", "<|eot_id|>", "<|startoftext|>")])
 def test_plain_round_trip(tmp_path, tokenizer, family, eot, bos):
     ds = build(tmp_path, PLAIN, tokenizer, family)
     tok = load_tokenizer(tokenizer)
@@ -126,12 +113,12 @@ def test_plain_round_trip(tmp_path, tokenizer, family, eot, bos):
 
 
 EXPECTED_PROMPTS = {
-    "fast_dllm_v2": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    "fast_dllm_v2": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                     "<|im_start|>user\nwhy is the sky blue?<|im_end|>\n<|im_start|>assistant\n",
     "dream": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
              "<|im_start|>user\nwhy is the sky blue?<|im_end|>\n<|im_start|>assistant\n",
     "sdar": "<|im_start|>user\nwhy is the sky blue?<|im_end|>\n<|im_start|>assistant\n",
-    "llada": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nwhy is the sky blue?<|eot_id|>"
+    "llada": "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nwhy is the sky blue?<|eot_id|>"
              "<|start_header_id|>assistant<|end_header_id|>\n\n",
 }
 
@@ -143,7 +130,7 @@ def test_conversational_round_trip(tmp_path, tokenizer, family):
     tok, template = load_tokenizer(tokenizer), chat_template(family)
     pair = ds[0]
     assert tok.decode(pair.prompt) == EXPECTED_PROMPTS[family]
-    assert tok.decode(pair.chosen) == "light" + template.end_of_turn
+    assert tok.decode(pair.chosen) == template.response_prefix + "light" + template.end_of_turn  # SDAR: an empty think block
     for special in template.special_tokens:  # each marker is one token id, never spelled out in text pieces
         assert list(pair.prompt).count(tok.token_to_id(special)) == EXPECTED_PROMPTS[family].count(special)
 
@@ -394,7 +381,7 @@ def test_bad_settings_name_the_setting(tmp_path, tokenizers, kwargs, message):
 
 def test_tokenizer_without_template_tokens_names_token_and_path(tmp_path):
     bare = _sentencepiece(tmp_path / "bare.model", [])
-    with pytest.raises(ValueError, match=r"tokenizer .*bare.model has no '<\|im_end\|>' token"):
+    with pytest.raises(ValueError, match=r"tokenizer .*bare.model has no '<\|endoftext\|>' token"):
         build(tmp_path, PLAIN, bare)
 
 

@@ -20,16 +20,20 @@ def _logsig(x):
 def test_each_loss_type_matches_its_formula(lw, ll, beta, eps):
     logits = lw - ll
     h = beta * logits
+    lengths = (4.0, 5.0)
     expected = {
         LossType.SIGMOID: -_logsig(h) * (1 - eps) - _logsig(-h) * eps,
-        LossType.IPO: (logits - 1 / (2 * beta)) ** 2,
+        LossType.IPO: (lw / lengths[0] - ll / lengths[1] - 1 / (2 * beta)) ** 2,  # TRL: log-ratios per token
         LossType.ROBUST: (-_logsig(h) * (1 - eps) + _logsig(-h) * eps) / (1 - 2 * eps),
         LossType.HINGE: max(0.0, 1 - h),
     }
     for loss_type, value in expected.items():
         cfg = LossConfig(beta=beta, loss_type=loss_type, label_smoothing=eps)
-        got = pair_losses(torch.tensor([lw], dtype=torch.float64), torch.tensor([ll], dtype=torch.float64), cfg)
+        got = pair_losses(torch.tensor([[lw, ll]], dtype=torch.float64), torch.tensor([lengths], dtype=torch.float64), cfg)
         assert got.item() == pytest.approx(value, rel=1e-12, abs=1e-12), loss_type
+    unnormalized = LossConfig(beta=beta, loss_type=LossType.IPO, ipo_length_normalized=False)
+    got = pair_losses(torch.tensor([[lw, ll]], dtype=torch.float64), torch.tensor([lengths], dtype=torch.float64), unnormalized)
+    assert got.item() == pytest.approx((logits - 1 / (2 * beta)) ** 2, rel=1e-12, abs=1e-12)
 
 
 def test_rows_of_a_sequence_add_up_and_metrics_follow_trl():
@@ -42,14 +46,19 @@ def test_rows_of_a_sequence_add_up_and_metrics_follow_trl():
     assert rows.scored_tokens() == 8  # non-zero weights: 2 + 1 + 2 + 1 + 2
 
     ref = torch.tensor([[-2.5, -3.0], [-1.0, -1.0]], dtype=torch.float64)
-    cfg = LossConfig(beta=0.5, nll_weight=0.1)
+    cfg = LossConfig(beta=0.5, nll_weight=0.1, nll_normalization="sequence")
     lengths = torch.tensor([[4.0, 5.0], [2.0, 3.0]], dtype=torch.float64)
     loss_sum, report = dtrpo_loss(sums, ref, lengths, cfg)
     ratios = sums - ref  # [[-0.5, -1.0], [0.4, -1.0]]
     nll = -sums[:, 0] / lengths[:, 0]
-    expected = -torch.nn.functional.logsigmoid(0.5 * (ratios[:, 0] - ratios[:, 1])) + 0.1 * nll
+    dpo = -torch.nn.functional.logsigmoid(0.5 * (ratios[:, 0] - ratios[:, 1]))
     assert report["pairs"].item() == 2
-    torch.testing.assert_close(loss_sum, expected.sum())
+    torch.testing.assert_close(loss_sum, (dpo + 0.1 * nll).sum())
+    # TRL's NLL term: the chosen tokens' mean over the whole batch (given the global batch's pairs per token)
+    trl, _ = dtrpo_loss(sums, ref, lengths, LossConfig(beta=0.5, nll_weight=0.1))
+    torch.testing.assert_close(trl / 2, dpo.mean() + 0.1 * -sums[:, 0].sum() / lengths[:, 0].sum())
+    global_batch, _ = dtrpo_loss(sums, ref, lengths, LossConfig(beta=0.5, nll_weight=0.1), pairs_per_chosen_token=4 / 20)
+    torch.testing.assert_close(global_batch, dpo.sum() + 0.1 * -sums[:, 0].sum() * 4 / 20)
     assert report["rewards/chosen"].item() == pytest.approx(0.5 * (-0.5 + 0.4))
     assert report["rewards/rejected"].item() == pytest.approx(0.5 * (-1.0 - 1.0))
     assert report["rewards/accuracies"].item() == 2.0

@@ -6,9 +6,9 @@ import torch
 from dtrpo_mega.diffusion.mask import MaskVariant, block_diffusion_sample, collate, plain_sample
 from dtrpo_mega.models.attention import AttentionBackend, DLLMCoreAttention
 from dtrpo_mega.models.dllm import build_model
-from dtrpo_mega.models.families import FAMILY_TRAITS, model_config
+from dtrpo_mega.models.families import family_names, get_family, model_config
 
-FAMILIES = sorted(FAMILY_TRAITS)
+FAMILIES = family_names()
 
 
 def _model(world_of_one, family, **overrides):
@@ -41,7 +41,7 @@ def test_family_fields_land_in_the_model(world_of_one, family, qkv_bias, qk_norm
         assert not any("layernorm" in n and "self_attention" in n for n in params)
     core = attention.core_attention
     assert isinstance(core, DLLMCoreAttention)
-    assert core.rope_theta == FAMILY_TRAITS[family]["rope_theta"]
+    assert core.rope_theta == get_family(family).traits["rope_theta"]
     assert core.backend == (AttentionBackend.FLEX if torch.cuda.is_available() else AttentionBackend.LOCAL)  # `auto`
     assert cfg.mask_token_id == cfg.vocab_size - 1  # tiny models keep the mask id in range
     qkv_rows = (cfg.num_attention_heads + 2 * cfg.num_query_groups) * cfg.head_dim
@@ -50,9 +50,7 @@ def test_family_fields_land_in_the_model(world_of_one, family, qkv_bias, qk_norm
 
 
 def _sizes(family):
-    from dtrpo_mega.models.families import SIZES
-
-    return SIZES[family]
+    return {name: size.fields for name, size in get_family(family).sizes.items()}
 
 
 def test_tied_and_untied_embeddings(world_of_one):

@@ -19,6 +19,7 @@ from dtrpo_mega.data import PreferencePair
 from dtrpo_mega.diffusion.scoring import Objective
 from dtrpo_mega.diffusion.trajectory import SchedulerConfig
 from dtrpo_mega.models.dllm import build_model
+from dtrpo_mega.diffusion.spec import ScoringLayout
 from dtrpo_mega.models.families import model_config
 from dtrpo_mega.models.recompute import RecomputeConfig, RecomputeGranularity, RecomputeMethod, checkpoint_spans
 from dtrpo_mega.perf import memory as M
@@ -60,8 +61,9 @@ def _rope_saved(s: M.Settings) -> bool:
 
 def _compare(name: str, work: M.Workload, recompute: str, bf16: bool = False) -> float:
     cfg = _model(name)
+    work = dataclasses.replace(work, block_origin=cfg.diffusion.origin(work.prompt_length))
     s = M.Settings(cfg, bf16=bf16, backend="local", transformer_impl="local", recompute=RECOMPUTE[recompute])
-    rows = RowBuilder(cfg, SchedulerConfig(), Objective.DTRPO, seed=1, pad_to_multiple=work.pad_to_multiple)
+    rows = RowBuilder(cfg, SchedulerConfig(), Objective.DTRPO, seed=1, pad_to_multiple=work.pad_to_multiple, layout=ScoringLayout.ONE_PASS)
     pairs = _pairs(work.pairs_per_step, work.prompt_length, work.response_length)
     mb = rows.packed_micro_batches(pairs, 0, work.packed_tokens)[0] if work.packed_tokens else rows.micro_batch(pairs, 0)
     shape = work.shape(cfg.block_size)
@@ -126,6 +128,18 @@ def _plan(**overrides):
     cfg = model_config("fast_dllm_v2", "7b")
     settings = M.Settings(cfg, M.ParallelLayout(tp=4, pp=2), **overrides)
     return settings, M.Workload(512, 1024, pairs_per_step=64)
+
+
+@pytest.mark.parametrize("objective", ["dtrpo", "sft"])
+def test_per_block_rows_are_planned_as_built(objective):
+    """A full-attention family's per-block rows (its default scoring): the planner's shape is the builder's."""
+    from dtrpo_mega.config import load_config
+
+    cfg = load_config(overrides=["model.family=llada", f"objective.name={objective}", "train.global_batch_size=1"])
+    model = model_config("llada")
+    _, work = M.from_train_config(cfg, model, dp=1, prompt_length=6, response_length=20)
+    rows = RowBuilder(model, cfg.scheduler, cfg.objective.name, seed=1, pad_to_multiple=cfg.data.pad_to_multiple).micro_batch(_pairs(1, 6, 20), 0)
+    assert work.plain and tuple(rows.tokens.shape) == dataclasses.astuple(work.shape(model.block_size))
 
 
 def test_pipeline_in_flight_and_max_length():

@@ -40,8 +40,8 @@ def test_reference_confidence_order(world_of_one, counting_data, tmp_path):
     cfg = _cfg(counting_data, tmp_path, "scheduler.order=ref_confidence", f"data.ref_confidence={table}")
     run = setup_run(cfg)
     seq = run.rows.sequences(run.dataset[3])[1]
-    conf = seq.confidence[seq.prompt_len:]
-    assert conf.shape == (len(seq.tokens) - seq.prompt_len,) and (conf < 0).all(), "log-probs of the response tokens"
+    conf = seq.confidence[seq.prompt_len : seq.revealed_length]
+    assert conf.shape == (len(seq.tokens) - seq.masked_tail - seq.prompt_len,) and (conf < 0).all(), "log-probs of the response tokens"
     steps = inference_aligned_steps(seq.prompt_len, len(seq.tokens), 8, 4, 1, True, np.random.default_rng(0), seq.confidence)
     for block_start in range(0, len(seq.tokens), 4):  # sub-blocks of 4: steps follow descending confidence
         idx = [i for i in range(block_start, min(block_start + 4, len(seq.tokens))) if steps[i] >= 0 and i % 8 != 0]

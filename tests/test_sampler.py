@@ -44,7 +44,7 @@ def _prompt(n, seed):
 def _run(family, prompts, boost=None, **decode):
     model = _model(family)
     recorder = Recorder(model, boost)
-    sampler = Sampler(recorder, model.dllm_config, DecodeConfig(**decode))
+    sampler = Sampler(recorder, model.dllm_config.diffusion, model.dllm_config.vocab_size, DecodeConfig(**decode))
     generations, stats = sampler.generate(prompts, torch.Generator().manual_seed(0))
     return model.dllm_config, generations, stats, recorder.calls
 
@@ -84,18 +84,18 @@ def test_first_call_equals_training_forward(world_of_one, family):
 def test_threshold_one_reveals_one_token_per_step_by_confidence(world_of_one, family):
     prompt = _prompt(5, 3)
     cfg, (gen,), stats, calls = _run(family, [prompt], threshold=1.0, max_new_tokens=14)
-    p, shift = len(prompt), int(cfg.logits_shift)
+    p, shift, o = len(prompt), int(cfg.logits_shift), cfg.diffusion.origin(len(prompt))
     assert sorted(gen.reveal_steps) == list(range(len(gen.tokens))) == list(range(len(calls)))
     assert stats.tokens_per_forward == 1.0
     steps = np.asarray(gen.reveal_steps)
     for s, (tokens, layout, logits) in enumerate(calls):
         pos = p + int(np.flatnonzero(steps == s)[0])
-        if shift and pos % cfg.block_size == 0:
+        if shift and cfg.diffusion.starts_block(pos, p):
             continue  # a block's first token: its own forced step
         conf, argmax = _confidence(_absolute(layout, logits), cfg)
-        sub = pos // cfg.sub_block_size
-        block_stop = (pos // cfg.block_size + 1) * cfg.block_size
-        masked = [q for q in range(p, min(block_stop, p + len(steps))) if steps[q - p] >= s and q // cfg.sub_block_size == sub]
+        sub = (pos - o) // cfg.sub_block_size
+        block_stop = o + ((pos - o) // cfg.block_size + 1) * cfg.block_size
+        masked = [q for q in range(p, min(block_stop, p + len(steps))) if steps[q - p] >= s and (q - o) // cfg.sub_block_size == sub]
         best = max(masked, key=lambda q: float(conf[q - shift]))
         assert best == pos, f"step {s}: revealed {pos}, most confident masked position is {best}"
         assert gen.tokens[pos - p] == int(argmax[pos - shift])
@@ -106,17 +106,18 @@ def test_threshold_one_reveals_one_token_per_step_by_confidence(world_of_one, fa
 def test_reveals_stay_in_the_current_block_and_sub_block(world_of_one, family, decode):
     prompt = _prompt(5, 4)
     cfg, (gen,), _, calls = _run(family, [prompt], max_new_tokens=19, **decode)
-    p, k, sub = len(prompt), cfg.block_size, cfg.sub_block_size
+    p, k, sub, o = len(prompt), cfg.block_size, cfg.sub_block_size, cfg.diffusion.origin(len(prompt))
+    assert o == (0 if family != "llada" else p % k)  # LLaDA's blocks start at the prompt's end
     steps = np.asarray(gen.reveal_steps)
     positions = np.arange(p, p + len(steps))
     for s, (tokens, layout, _) in enumerate(calls):
-        revealed = positions[steps == s]
+        revealed = positions[steps == s] - o
         assert len(revealed) >= 1 and len(set(revealed // k)) == 1 and len(set(revealed // sub)) == 1
-        earlier_unfinished = positions[(positions // k < revealed[0] // k) & (steps > s)]
+        earlier_unfinished = positions[((positions - o) // k < revealed[0] // k) & (steps > s)]
         assert len(earlier_unfinished) == 0
         if cfg.attention == MaskVariant.BLOCK_DIFFUSION:  # the decoder sees nothing past the current block
             assert int(layout.positions[0][layout.segments[0] > 0].max()) + 1 == min((revealed[0] // k + 1) * k, p + 19)
-    for block in response_blocks(p, p + len(steps), k):
+    for block in response_blocks(p, p + len(steps), k, o):
         idx = np.asarray(block) - p
         later = steps[idx.max() + 1 :]
         assert later.size == 0 or steps[idx].max() < later.min()
@@ -126,9 +127,21 @@ def test_reveals_stay_in_the_current_block_and_sub_block(world_of_one, family, d
 def test_stops_at_end_of_turn(world_of_one, family):
     prompts = [_prompt(5, 5), _prompt(9, 6)]
     cfg, gens, stats, calls = _run(family, prompts, boost=EOT, max_new_tokens=40, end_of_turn_id=EOT)
-    for gen in gens:
-        assert gen.ended and gen.tokens == [EOT] and len(gen.reveal_steps) == 1
+    for prompt, gen in zip(prompts, gens):
+        # the answer is cut at end-of-turn; the rest of its block was decoded too and is kept as the tail
+        end = len(prompt) + len(gen.tokens) + len(gen.tail)
+        assert gen.ended and gen.tokens == [EOT] and set(gen.tail) <= {EOT} and (end - cfg.diffusion.origin(len(prompt))) % cfg.block_size == 0
+        assert len(gen.reveal_steps) == 1 + len(gen.tail)
+    assert stats.new_tokens == len(prompts)  # tails are not counted
     assert len(calls) <= 2 * cfg.block_size // cfg.sub_block_size + 1  # one block's worth, not 40 tokens'
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_full_attention_decoders_decode_every_slot_unless_told_to_stop(world_of_one, family):
+    """LLaDA's and Dream's own decoders run to max_new_tokens: the slots after end-of-turn are part of the trajectory."""
+    prompt = _prompt(5, 5)
+    cfg, (gen,), _, calls = _run(family, [prompt], boost=EOT, max_new_tokens=24, end_of_turn_id=EOT, stop_at_end_of_turn=False)
+    assert gen.ended and gen.tokens == [EOT] and len(gen.tail) == 23 and sorted(gen.reveal_steps)[-1] == len(calls) - 1
 
 
 @pytest.mark.parametrize("family,decode", [("fast_dllm_v2", dict(threshold=0.5)), ("fast_dllm_v2", dict(tokens_per_step=1)),
@@ -142,7 +155,7 @@ def test_kv_cache_gives_the_uncached_logits_and_tokens(world_of_one, family, dec
     runs = {}
     for kv_cache in (True, False):
         recorder = Recorder(model)
-        sampler = Sampler(recorder, model.dllm_config, DecodeConfig(max_new_tokens=21, kv_cache=kv_cache, **decode))
+        sampler = Sampler(recorder, model.dllm_config.diffusion, model.dllm_config.vocab_size, DecodeConfig(max_new_tokens=21, kv_cache=kv_cache, **decode))
         runs[kv_cache] = sampler.generate(prompts)[0], recorder.calls
     (cached, cached_calls), (full, full_calls) = runs[True], runs[False]
     assert [g.tokens for g in cached] == [g.tokens for g in full] and [g.reveal_steps for g in cached] == [g.reveal_steps for g in full]
@@ -175,11 +188,11 @@ def test_batch_equals_one_by_one_and_temperature_is_seeded(world_of_one):
 def test_logged_trajectory_replays_reveal_order(world_of_one, family):
     prompt = _prompt(6, 10)
     cfg, (gen,), _, _ = _run(family, [prompt], tokens_per_step=2, max_new_tokens=17)
-    tokens = np.asarray(prompt + gen.tokens)
+    tokens = np.asarray(prompt + gen.tokens + gen.tail)
     spec = SequenceSpec(tokens, len(prompt), index=0, role=0, reveal_steps=np.asarray(gen.reveal_steps))
-    rows = plan_rows(spec, cfg, SchedulerConfig(mode="logged"), Objective.EXACT_TRAJECTORY, seed=0, epoch=0)
+    rows = plan_rows(spec, cfg.diffusion, SchedulerConfig(mode="logged"), Objective.EXACT_TRAJECTORY, seed=0, epoch=0)
     steps = np.concatenate([np.full(len(prompt), -1), gen.reveal_steps])
-    for block in response_blocks(len(prompt), len(tokens), cfg.block_size):
+    for block in response_blocks(len(prompt), len(tokens), cfg.block_size, cfg.diffusion.origin(len(prompt))):
         idx = np.asarray(block)
         for s, logged in enumerate(np.unique(steps[idx])):
             scored = idx[rows[s].weights[idx] > 0]

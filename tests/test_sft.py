@@ -8,6 +8,7 @@ import torch
 
 from dtrpo_mega.config import load_config
 from dtrpo_mega.data import build_preference_dataset
+from dtrpo_mega.diffusion.spec import SFTNormalizer
 from dtrpo_mega.losses.sft import masked_diffusion_loss
 from dtrpo_mega.reproduce.task import SortingTask, write_completions
 from dtrpo_mega.synthetic import write_tokenizer
@@ -30,16 +31,45 @@ def _config(data, *overrides):
     return load_config(None, [f"data.path={data}", "model.overrides={num_layers: 2}", "objective.name=sft", "scheduler.mode=random_mask", *overrides])
 
 
-def test_sft_rows_score_the_chosen_response_with_elbo_weights(world_of_one, sorting_data):
+@pytest.mark.parametrize("convention", ["fast_dllm_v2", "sdar", "llada", "dream"])
+def test_sft_rows_follow_the_family_convention(world_of_one, sorting_data, convention):
+    """Fast-dLLM v2: two rows with complementary masks, weight 1 (every response token scored once);
+    the others: one row, one t per response, weight 1/t."""
     from dtrpo_mega.training.setup import setup_run
 
     for data in sorting_data:  # completion data, or a preference dataset's chosen responses
-        run = setup_run(_config(data))
+        run = setup_run(_config(data, f"objective.sft_convention={convention}"))
         mb = run.rows.micro_batch([run.dataset[i] for i in range(6)], epoch=0)
-        assert mb.tokens.shape[0] == 6 and all(role == 0 for _, role, _, _ in mb.samples())
-        scored = mb.weights[mb.weights > 0]
-        assert scored.numel() and bool((scored >= 1).all())  # 1/t with t in (0, 1]
+        complementary = convention == "fast_dllm_v2"
+        assert mb.tokens.shape[0] == 6 * (2 if complementary else 1) and all(role == 0 for _, role, _, _ in mb.samples())
         assert torch.equal(mb.response_lengths[:, 1], torch.zeros(6, dtype=torch.float64))
+        scored = mb.weights[mb.weights > 0]
+        if complementary:
+            assert bool((scored == 1).all())
+            assert torch.equal(mb.sequence_sums(torch.ones_like(mb.weights))[:, 0], mb.response_lengths[:, 0])  # each token once
+        else:
+            assert scored.numel() and bool((scored >= 1).all())  # 1/t with t in (0, 1]
+            for slot, _, row, mask in mb.samples():  # one t for the whole response
+                assert mb.weights[row][mask & (mb.weights[row] > 0)].unique().numel() <= 1
+
+
+def test_fast_dllm_v2_sft_reads_a_blocks_first_token_from_the_noisy_copy(world_of_one, sorting_data):
+    """Fast-dLLM v2's training loss is a shifted cross-entropy over the noisy half; dTRPO keeps the decoder's rule."""
+    from dtrpo_mega.training.setup import setup_run
+
+    for objective, noisy in (("sft", True), ("dtrpo", False)):
+        run = setup_run(_config(sorting_data[1], f"objective.name={objective}", "scheduler.mode=inference_aligned"))
+        pair = run.dataset[0]
+        samples = run.rows.pair_samples(pair, epoch=0)
+        k, p = run.model_config.block_size, len(pair.prompt)
+        first = next(q for q in range(p + 1, p + len(pair.chosen)) if q % k == 0)  # a block's first token, after the first block
+        found = []
+        for s in samples[: 2 if objective == "sft" else 1]:
+            n_noisy = int(s.sample.noisy.sum())
+            reads = [i for i in range(len(s)) if s.weights[i] > 0 and int(s.sample.positions[i]) == first - 1]
+            found += [bool(s.sample.noisy[i]) for i in reads]
+            assert n_noisy > 0
+        assert found == [noisy] or (not noisy and found in ([], [False]))
 
 
 def test_masked_diffusion_loss_is_the_per_token_elbo():
@@ -53,6 +83,17 @@ def test_masked_diffusion_loss_is_the_per_token_elbo():
     second = -(2.5 * np.log(0.3)) / 5
     assert float(report["pairs"]) == 2
     torch.testing.assert_close(loss, torch.tensor(first + second, dtype=torch.float64))
+
+
+def test_batch_normalizers_divide_by_the_global_batch_tokens():
+    sums = torch.tensor([[-6.0, 0.0], [-2.0, 0.0]], dtype=torch.float64)
+    lengths = torch.tensor([[3.0, 0.0], [5.0, 0.0]], dtype=torch.float64)
+    # two sequences with 8 response tokens between them: the loss summed over sequences is
+    # (6 + 2) * (2 / 8), whose mean over the 2 sequences is (6 + 2) / 8
+    loss, report = masked_diffusion_loss(sums, lengths, SFTNormalizer.RESPONSE_TOKENS, sequences_per_unit=2 / 8)
+    torch.testing.assert_close(loss / 2, torch.tensor(8.0 / 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="needs the global batch"):
+        masked_diffusion_loss(sums, lengths, SFTNormalizer.MASKED_TOKENS)
 
 
 def test_preference_objectives_refuse_completion_data(world_of_one, sorting_data):
@@ -72,7 +113,7 @@ def test_sft_trains_through_the_loop(world_of_one, sorting_data, tmp_path):
     history = train(_config(sorting_data[0], f"train.train_steps={steps}", "train.global_batch_size=8", "train.micro_batch_size=4",
                             "optimizer.lr=3e-3", f"checkpoint.dir={tmp_path}/ckpt", f"logging.dir={tmp_path}", "logging.progress_bar=false"))
     assert [h["step"] for h in history] == list(range(1, steps + 1))
-    assert all("rewards/chosen" not in h and h["rows_per_pair"] == 1.0 for h in history)
+    assert all("rewards/chosen" not in h and h["rows_per_pair"] == 2.0 for h in history)  # Fast-dLLM v2: complementary masks
     assert history[-1]["loss"] < history[0]["loss"]
     assert read_model_config(tmp_path / "ckpt" / f"iter_{steps:07d}" / "model").family == "fast_dllm_v2"
     assert (tmp_path / "rewards.png").is_file()

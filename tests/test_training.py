@@ -49,11 +49,9 @@ def test_data_must_match_the_model_family(world_of_one, counting_data):
 
 
 def test_policy_and_reference_receive_identical_inputs(world_of_one, counting_data):
-    from dtrpo_mega.training.loop import micro_batches_of
-    from dtrpo_mega.training.objectives import policy_loss
+    from dtrpo_mega.training.loop import micro_batches_of, step_loss
     from dtrpo_mega.training.setup import build_policy, build_reference, setup_run
     from dtrpo_mega.training.step import forward_backward
-    from functools import partial
 
     cfg = _config(counting_data, "train.global_batch_size=4", "train.micro_batch_size=2")
     run = setup_run(cfg)
@@ -70,7 +68,7 @@ def test_policy_and_reference_receive_identical_inputs(world_of_one, counting_da
     policy.register_forward_pre_hook(recorder("policy"), with_kwargs=True)
     reference.model.register_forward_pre_hook(recorder("reference"), with_kwargs=True)
     micro = reference.with_reference(micro_batches_of(run, step=0))
-    forward_backward(policy, micro, partial(policy_loss, cfg.loss))
+    forward_backward(policy, micro, step_loss(run, micro))
     assert len(seen["policy"]) == len(seen["reference"]) == 2
     for p, r in zip(seen["policy"], seen["reference"]):
         for a, b in zip(p, r):

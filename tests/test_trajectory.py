@@ -2,7 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 
+from dtrpo_mega.diffusion.mask import MaskVariant, block_diffusion_sample
+from dtrpo_mega.diffusion.spec import BlockAlignment, DiffusionSpec, FirstTokenRule
 from dtrpo_mega.diffusion.scoring import Objective, SequenceSpec, logit_index, plan_rows, trajectory_steps
 from dtrpo_mega.diffusion.trajectory import (
     SchedulerConfig,
@@ -10,6 +13,7 @@ from dtrpo_mega.diffusion.trajectory import (
     logged_steps,
     remask_at_steps,
     remask_random,
+    response_blocks,
     sample_rng,
     steps_per_block,
 )
@@ -71,7 +75,7 @@ def test_random_mask_weights_are_one_over_t():
 
 
 def test_row_plans_per_objective_are_pure_functions_of_the_sample():
-    model = model_config("fast_dllm_v2")
+    model = model_config("fast_dllm_v2").diffusion
     seq = SequenceSpec(np.arange(10, 30), 5, index=7, role=1)
     sched = SchedulerConfig()
     a = plan_rows(seq, model, sched, Objective.DTRPO, seed=1, epoch=0)
@@ -88,11 +92,27 @@ def test_row_plans_per_objective_are_pure_functions_of_the_sample():
         plan_rows(seq, model, SchedulerConfig(mode="logged"), Objective.DTRPO, seed=1, epoch=0)
 
 
+def _spec(shift: bool, alignment: str = "absolute") -> DiffusionSpec:
+    return DiffusionSpec(8, 8, 0, shift, MaskVariant.BLOCK_DIFFUSION, BlockAlignment(alignment))
+
+
 def test_shifted_logits_read_the_previous_position():
     # n = 20, prompt 5, block 8: the noisy half starts at position 0 (block 0 holds the prompt).
-    assert logit_index(9, 20, 5, 8, shift=False) == 9
-    assert logit_index(9, 20, 5, 8, shift=True) == 8  # inside the block: noisy copy of position 8
-    assert logit_index(16, 20, 5, 8, shift=True) == 20 + 15  # a block's first token: clean copy of 15
+    assert logit_index(9, 20, 5, _spec(False)) == 9
+    assert logit_index(9, 20, 5, _spec(True)) == 8  # inside the block: noisy copy of position 8
+    assert logit_index(16, 20, 5, _spec(True)) == 20 + 15  # a block's first token: clean copy of 15 (the decoder)
+    assert logit_index(16, 20, 5, _spec(True), FirstTokenRule.NOISY) == 15  # Fast-dLLM v2's training loss: noisy copy of 15
+    # prompt 8: the first response block starts at 8 and its noisy half there; the previous block is all prompt
+    assert logit_index(8, 20, 8, _spec(True), FirstTokenRule.NOISY) == 12 + 7  # no noisy copy of 7: its clean copy (same logit)
+
+
+def test_prompt_end_blocks_start_after_the_prompt():
+    spec = _spec(False, "prompt_end")
+    assert spec.origin(5) == 5 and response_blocks(5, 20, 8, spec.origin(5)) == [range(5, 13), range(13, 20)]
+    assert response_blocks(5, 20, 8) == [range(5, 8), range(8, 16), range(16, 20)]  # absolute
+    # [z~ ; y0] of prompt 5: the noisy half starts at the prompt's end, positions keep their values
+    sample = block_diffusion_sample(torch.arange(20), torch.arange(20), 5, 8, spec.origin(5))
+    assert sample.positions[:15].tolist() == list(range(5, 20)) and sample.origin == 5
 
 
 def test_scheduler_config_errors_name_the_setting():

@@ -43,7 +43,7 @@ def main() -> None:
     for new in args.new:
         tokens = {}
         for kv_cache in (False, True):
-            sampler = Sampler(model, cfg, DecodeConfig(max_new_tokens=new, tokens_per_step=args.tokens_per_step, kv_cache=kv_cache), device)
+            sampler = Sampler(model, cfg.diffusion, cfg.vocab_size, DecodeConfig(max_new_tokens=new, tokens_per_step=args.tokens_per_step, kv_cache=kv_cache), device)
             sampler.generate(prompts[:1])  # warm-up
             start = time.perf_counter()
             generations, stats = sampler.generate(prompts)

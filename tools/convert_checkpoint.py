@@ -18,7 +18,7 @@ import sys
 
 
 from dtrpo_mega.convert.formats import FORMATS  # noqa: E402
-from dtrpo_mega.models.families import FAMILY_TRAITS  # noqa: E402
+from dtrpo_mega.models.families import family_names  # noqa: E402
 
 
 def _import_options(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def _import_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size to check and pad the vocabulary for")
     parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size to check")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"], help="stored dtype (auto: the source's)")
-    parser.add_argument("--dllm-family", choices=sorted(FAMILY_TRAITS), help="dLLM family of a plain llama/qwen2/qwen3 source")
+    parser.add_argument("--dllm-family", choices=family_names(), help="dLLM family of a plain llama/qwen2/qwen3 source")
     parser.add_argument("--mask-token-id", type=int, help="mask token id when config.json has none (or to override it)")
 
 

@@ -9,10 +9,11 @@ CKPT: a model folder, a training checkpoint (iter_*), a training root, or a Hugg
 line holds `prompt` (text, or chat messages). A text prompt is rendered as one user turn, or
 after BOS only with --plain. Block-diffusion families cache the keys and values of finished
 blocks; --no-kv-cache recomputes them each step instead (the same logits, slower).
---record-trajectory writes one line per generation: prompt, response text, `response_ids` and
-`steps` (each response token's reveal step, end-of-turn included: a `chosen_steps` /
-`rejected_steps` list), `ended`, and `retokenizes` (the response text tokenizes back to exactly
-`response_ids`; only then do the steps line up with a preprocessed copy of the text).
+--record-trajectory writes one line per generation: prompt, response text, `response_ids`,
+`tail` (the slots decoded after end-of-turn: a `chosen_tail` / `rejected_tail` list), `steps`
+(the reveal step of each response token, end-of-turn included, then of each tail slot: a
+`chosen_steps` / `rejected_steps` list), `ended`, and `retokenizes` (the response text tokenizes
+back to exactly `response_ids`; only then do the steps line up with a preprocessed copy of the text).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"=== {prompt if isinstance(prompt, str) else prompt[-1].content}\n{text}\n")
             conversational = not (isinstance(prompt, str) and args.plain)
             records.append(dict(prompt=prompt if isinstance(prompt, str) else [vars(m) for m in prompt], response=text,
-                                response_ids=gen.tokens, steps=gen.reveal_steps, ended=gen.ended,
+                                response_ids=gen.tokens, tail=gen.tail, steps=gen.reveal_steps, ended=gen.ended,
                                 retokenizes=renderer.encoder.response(text, conversational) == gen.tokens))
     print(f"{tokens} tokens, {passes} forward passes: {tokens / max(passes, 1):.2f} tokens/forward, "
           f"{tokens / max(seconds, 1e-9):.1f} tokens/s")

@@ -17,14 +17,14 @@ import sys
 
 
 from dtrpo_mega.data import Overlong, PreferenceDataset, build_preference_dataset  # noqa: E402
-from dtrpo_mega.data.chat import FAMILY_CHAT_TEMPLATES  # noqa: E402
+from dtrpo_mega.models.families import family_names  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="preference or prompt-completion records, one JSON object per line")
     parser.add_argument("--tokenizer", required=True, help="SentencePiece .model, tokenizer.json, or a folder holding one")
-    parser.add_argument("--family", required=True, choices=sorted(FAMILY_CHAT_TEMPLATES), help="model family (chat template)")
+    parser.add_argument("--family", required=True, choices=family_names(), help="model family (chat template)")
     parser.add_argument("--output", required=True, help="output prefix")
     parser.add_argument("--max-length", type=int, required=True, help="max tokens of prompt + longer response")
     parser.add_argument("--overlong", default=Overlong.TRUNCATE.value, choices=[o.value for o in Overlong],

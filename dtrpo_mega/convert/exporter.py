@@ -93,7 +93,7 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, max_shard_size: str = "
     target = Target.of(cfg, stored["embedding.word_embeddings.weight"][1])
     if target.source_dir is None:
         log(f"no source recorded in {ckpt_dir}: writing a plain {target.fmt.architectures[0]} config.json")
-    maps = name_map(target.fmt.naming, cfg)
+    maps = name_map(target.fmt, cfg)
     groups = stream_groups(cfg)
 
     meta = lambda group: {(t.name, layer): torch.empty(t.shape, device="meta") for t, layer in group}  # noqa: E731

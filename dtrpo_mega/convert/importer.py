@@ -19,7 +19,7 @@ from dtrpo_mega.convert.formats import SourceFormat, detect, dllm_config, get_fo
 from dtrpo_mega.convert.hf_io import TORCH_DTYPES, HFCheckpoint, dtype_name
 from dtrpo_mega.convert.mapping import Mapping, hf_shapes
 from dtrpo_mega.convert.megatron_layout import MegatronTensor, storage_chunks, stream_groups
-from dtrpo_mega.convert.name_maps import NAMINGS, name_map
+from dtrpo_mega.convert.name_maps import name_map
 from dtrpo_mega.models.config import DLLMConfig
 
 INV_FREQ_SUFFIX = "rotary_emb.inv_freq"
@@ -72,7 +72,7 @@ def _check_tensors(hf: HFCheckpoint, fmt: SourceFormat, cfg: DLLMConfig, expecte
         else f"tensor {n}: checkpoint shape {hf.tensors[n].shape}, config.json implies {s}"
         for n, s in expected.items() if n not in hf.tensors or hf.tensors[n].shape != s
     ]
-    head, embed = NAMINGS[fmt.naming]["output_layer.weight"][0], NAMINGS[fmt.naming]["embedding.word_embeddings.weight"][0]
+    head, embed = fmt.weight_names["output_layer.weight"][0], fmt.weight_names["embedding.word_embeddings.weight"][0]
     aliases = {head: embed} if cfg.tie_embeddings and head in hf.tensors else {}
     unused = set(hf.tensors) - set(expected) - set(aliases)
     problems += [f"tensor {n} {hf.tensors[n].shape} is not used by the {fmt.name} mapping"
@@ -98,7 +98,7 @@ def plan_import(hf_dir: str | Path, family: str = "auto", tp: int = 1, pp: int =
     cfg = dllm_config(fmt, hf.config, dllm_family, mask_token_id)
     cfg.check_parallel(tp, pp)
     cfg = dataclasses.replace(cfg, padded_vocab_size=cfg.padded_vocab(tp))
-    maps = name_map(fmt.naming, cfg)
+    maps = name_map(fmt, cfg)
     expected = expected_hf_tensors(cfg, maps)
     aliases = _check_tensors(hf, fmt, cfg, expected)
 

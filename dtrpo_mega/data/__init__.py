@@ -4,7 +4,7 @@ Offline: `build_preference_dataset` (tools/preprocess_data.py) writes a prefix. 
 `DataConfig(path=...).open(model)` or `PreferenceDataset.open(prefix)` reads it pair by pair.
 """
 
-from dtrpo_mega.data.chat import FAMILY_CHAT_TEMPLATES, ChatEncoder, ChatTemplate, chat_template
+from dtrpo_mega.data.chat import ChatEncoder
 from dtrpo_mega.data.checks import check_vocabulary
 from dtrpo_mega.data.config import DataConfig
 from dtrpo_mega.data.indexed import PreferenceDataset, PreferencePair
@@ -13,7 +13,7 @@ from dtrpo_mega.data.records import Message, PreferenceRecord, read_records
 from dtrpo_mega.data.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = [
-    "FAMILY_CHAT_TEMPLATES", "ChatEncoder", "ChatTemplate", "DataConfig", "Message", "Overlong", "PreferenceDataset",
-    "PreferencePair", "PreferenceRecord", "PreprocessSettings", "Tokenizer", "build_preference_dataset", "chat_template",
+    "ChatEncoder", "DataConfig", "Message", "Overlong", "PreferenceDataset",
+    "PreferencePair", "PreferenceRecord", "PreprocessSettings", "Tokenizer", "build_preference_dataset",
     "check_vocabulary", "load_tokenizer", "read_records",
 ]

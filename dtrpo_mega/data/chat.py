@@ -1,7 +1,7 @@
-"""Chat templates per model family, as data, and the encoder that renders a record into token ids.
+"""The encoder that renders a record into token ids with a family's chat template.
 
-A template is a handful of strings; every `<|...|>` in them is one special token, looked up in
-the tokenizer and inserted by id (never produced by tokenizing text). The text between special
+A template (`models/families/`, one per family) is a handful of strings; every `<|...|>` in them
+is one special token, looked up in the tokenizer and inserted by id (never produced by tokenizing text). The text between special
 tokens is tokenized as one run, as Hugging Face's `apply_chat_template` does. A prompt ends with
 the assistant header; a response is its content followed by the family's end-of-turn token
 (plain-string responses get it too).
@@ -9,60 +9,9 @@ the assistant header; a response is its content followed by the family's end-of-
 
 from __future__ import annotations
 
-import dataclasses
-import re
-from dataclasses import dataclass
-
 from dtrpo_mega.data.records import Message, Prompt
 from dtrpo_mega.data.tokenizer import Tokenizer
-
-SPECIAL = re.compile(r"(<\|[^|<>\s]+\|>)")
-
-
-@dataclass(frozen=True)
-class ChatTemplate:
-    name: str
-    turn: str  # one message; `{role}` and `{content}` are filled in
-    generation_prompt: str  # opens the assistant's answer; every prompt ends with it
-    end_of_turn: str  # closes every response
-    bos: str = ""  # starts every prompt, plain or conversational
-    default_system: str | None = None  # the system message of a conversation that has none
-    strip_content: bool = False  # trim whitespace around message contents
-
-    @property
-    def special_tokens(self) -> list[str]:
-        return sorted(set(SPECIAL.findall(self.turn + self.generation_prompt + self.end_of_turn + self.bos)))
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-# Qwen2.5 Instruct's ChatML (Fast-dLLM v2 keeps its tokenizer), with its default system message.
-QWEN2_5 = ChatTemplate(
-    name="qwen2.5_chatml",
-    turn="<|im_start|>{role}\n{content}<|im_end|>\n",
-    generation_prompt="<|im_start|>assistant\n",
-    end_of_turn="<|im_end|>",
-    default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
-)
-DREAM = dataclasses.replace(QWEN2_5, name="dream_chatml", default_system="You are a helpful assistant.")
-QWEN3 = dataclasses.replace(QWEN2_5, name="qwen3_chatml", default_system=None)
-LLAMA3 = ChatTemplate(
-    name="llama3",
-    turn="<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>",
-    generation_prompt="<|start_header_id|>assistant<|end_header_id|>\n\n",
-    end_of_turn="<|eot_id|>",
-    bos="<|begin_of_text|>",
-    strip_content=True,
-)
-
-FAMILY_CHAT_TEMPLATES: dict[str, ChatTemplate] = {"fast_dllm_v2": QWEN2_5, "dream": DREAM, "sdar": QWEN3, "llada": LLAMA3}
-
-
-def chat_template(family: str) -> ChatTemplate:
-    if family not in FAMILY_CHAT_TEMPLATES:
-        raise ValueError(f"family={family!r} has no chat template; supported: {sorted(FAMILY_CHAT_TEMPLATES)}")
-    return FAMILY_CHAT_TEMPLATES[family]
+from dtrpo_mega.models.families.spec import SPECIAL, ChatTemplate
 
 
 class ChatEncoder:
@@ -81,6 +30,7 @@ class ChatEncoder:
             raise ValueError(f"tokenizer {tokenizer.path}: its chat_template never uses {template.end_of_turn!r}, the "
                              f"end-of-turn token of the {template.name} template: is it the tokenizer of this model family?")
         self.end_of_turn_id = self.special_ids[template.end_of_turn]
+        self.fill_id = self.special_ids.get(template.block_fill)  # None: the template names no fill token
 
     def prompt(self, prompt: Prompt) -> list[int]:
         """Plain text after BOS, or the conversation rendered up to and including the assistant header."""
@@ -95,8 +45,14 @@ class ChatEncoder:
         return ids + self._encode(t.generation_prompt)
 
     def response(self, text: str, conversational: bool) -> list[int]:
-        content = self._content(text) if conversational else text
-        return self._encode("{content}" + self.template.end_of_turn, content=content)
+        """The response's ids, end-of-turn included; a conversational one opens with the template's
+        response prefix unless it already does."""
+        if not conversational:
+            return self._encode("{content}" + self.template.end_of_turn, content=text)
+        content, prefix = self._content(text), self.template.response_prefix
+        if prefix and content.startswith(prefix.split("\n")[0]):
+            prefix = ""
+        return self._encode(prefix + "{content}" + self.template.end_of_turn, content=content)
 
     def _content(self, text: str) -> str:
         return text.strip() if self.template.strip_content else text

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from dtrpo_mega.data.checks import check_vocabulary
 from dtrpo_mega.data.indexed import PreferenceDataset
+from dtrpo_mega.diffusion.spec import LastBlock
 
 if TYPE_CHECKING:
     from dtrpo_mega.models.config import DLLMConfig
@@ -20,12 +21,18 @@ class DataConfig:
     packing: bool = False  # pack whole pairs into rows of train.micro_batch_tokens tokens
     fingerprint: str | None = None  # when set, the dataset at `path` must have exactly this fingerprint
     ref_confidence: str | None = None  # tools/precompute_reference.py confidence, for scheduler.order=ref_confidence
+    last_block: str = "family"  # family | cut | mask | fill: a response without logged steps that ends inside a block
 
     def __post_init__(self):
+        if self.last_block != "family" and self.last_block not in [b.value for b in LastBlock]:
+            raise ValueError(f"data.last_block={self.last_block!r}; choose from {['family', *(b.value for b in LastBlock)]}")
         if type(self.pad_to_multiple) is not int or self.pad_to_multiple < 1:
             raise ValueError(f"data.pad_to_multiple must be a positive integer, got {self.pad_to_multiple!r}")
         if self.fingerprint is not None and not re.fullmatch(r"[0-9a-f]{64}", str(self.fingerprint)):
             raise ValueError(f"data.fingerprint must be a sha256 hex digest (64 lowercase hex digits), got {self.fingerprint!r}")
+
+    def last_block_rule(self, family_default: LastBlock) -> LastBlock:
+        return family_default if self.last_block == "family" else LastBlock(self.last_block)
 
     def open(self, model: DLLMConfig | None = None) -> PreferenceDataset:
         """Open the dataset at `path`; given the model, check it was made for that family and vocabulary."""

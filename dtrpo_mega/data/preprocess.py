@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dtrpo_mega.data.chat import ChatEncoder, chat_template
+from dtrpo_mega.data.chat import ChatEncoder
 from dtrpo_mega.data.indexed import FORMAT, IndexedWriter, PreferencePair
 from dtrpo_mega.data.records import RESPONSES, PreferenceRecord, read_records
 from dtrpo_mega.data.tokenizer import load_tokenizer
-from dtrpo_mega.models.families import FAMILY_TRAITS
+from dtrpo_mega.models.families import chat_template, family_names, get_family
 
 log = logging.getLogger(__name__)
 SHOWN_LOCATIONS = 5  # how many file:line examples the log gives per outcome
@@ -49,8 +49,8 @@ class PreprocessSettings:
     block_size: int | None = None  # recorded for the trainer; None: the family's
 
     def __post_init__(self):
-        if self.family not in FAMILY_TRAITS:
-            raise ValueError(f"family={self.family!r} is unknown; supported: {sorted(FAMILY_TRAITS)}")
+        if self.family not in family_names():
+            raise ValueError(f"family={self.family!r} is unknown; supported: {family_names()}")
         if type(self.max_length) is not int or self.max_length < 2:
             raise ValueError(f"max_length must be an integer >= 2, got {self.max_length!r}")
         try:
@@ -58,7 +58,7 @@ class PreprocessSettings:
         except ValueError:
             raise ValueError(f"overlong={self.overlong!r}; choose from {[o.value for o in Overlong]}") from None
         if self.block_size is None:
-            object.__setattr__(self, "block_size", FAMILY_TRAITS[self.family]["block_size"])
+            object.__setattr__(self, "block_size", get_family(self.family).traits["block_size"])
         if type(self.block_size) is not int or self.block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
 
@@ -81,18 +81,21 @@ def file_sha256(path: str | Path) -> str:
 
 
 def tokenize_record(record: PreferenceRecord, encoder: ChatEncoder, index: int) -> PreferencePair:
-    """Token ids of a record; logged steps must count the tokenized response, end-of-turn included.
+    """Token ids of a record, a logged tail after end-of-turn included; logged steps must count
+    them all (the tokenized response, end-of-turn included, then the tail).
 
     A prompt-completion record's completion is the chosen response; its rejected response is empty.
     """
     keys = ("chosen",) if record.is_completion else RESPONSES
-    ids = {key: encoder.response(getattr(record, key), record.conversational) for key in keys}
+    ids = {key: encoder.response(getattr(record, key), record.conversational) + list(getattr(record, f"{key}_tail", ())) for key in keys}
     steps = {}
     for key, response in ids.items():
         given = getattr(record, f"{key}_steps")
         if given is not None and len(given) != len(response):
+            tail = len(getattr(record, f"{key}_tail"))
             raise ValueError(f"{record.where}: '{key}_steps' has {len(given)} values but the tokenized {key} response "
-                             f"has {len(response)} tokens (end-of-turn {encoder.template.end_of_turn!r} included)")
+                             f"has {len(response) - tail} tokens (end-of-turn {encoder.template.end_of_turn!r} included)"
+                             + (f" and its tail {tail}" if tail else ""))
         steps[key] = None if given is None else np.asarray(given, dtype=np.int64)
     return PreferencePair(index, np.asarray(encoder.prompt(record.prompt), dtype=np.int64),
                           np.asarray(ids["chosen"], dtype=np.int64), np.asarray(ids.get("rejected", ()), dtype=np.int64),
@@ -160,7 +163,7 @@ def build_preference_dataset(input_jsonl: str | Path, tokenizer_path: str | Path
             fingerprint=fingerprint(data_sha256, tokenizer.identity, settings_dict),
             settings=settings_dict,
             kind=first_kind,
-            tokenizer={**tokenizer.describe(), "end_of_turn_id": encoder.end_of_turn_id},
+            tokenizer={**tokenizer.describe(), "end_of_turn_id": encoder.end_of_turn_id, "fill_id": encoder.fill_id},
             source=dict(path=str(input_jsonl), sha256=data_sha256),
             counts=counts,
         ))

@@ -7,7 +7,9 @@ One JSON object per line, a preference pair:
 - implicit prompt (conversational, no `prompt` key): `chosen` and `rejected` hold the whole
   conversation; the messages before their final assistant turn must agree and are the prompt.
 Optional `chosen_steps` / `rejected_steps` (both or neither) carry the `logged` trajectory: the
-reveal step of every response token, as non-negative integers.
+reveal step of every response token, as non-negative integers; with them, optional
+`chosen_tail` / `rejected_tail` hold the token ids the decoder revealed after end-of-turn (the
+rest of its last block, `tools/generate.py --record-trajectory`), the steps then covering them too.
 Or a prompt-completion example (SFT): `{"prompt": str, "completion": str}`, or `prompt` a list of
 messages and `completion` a list holding one assistant message; it parses as a record whose
 `chosen` is the completion and whose `rejected` is None, and carries no logged steps.
@@ -44,6 +46,8 @@ class PreferenceRecord:
     rejected: str | None  # None for a prompt-completion record
     chosen_steps: tuple[int, ...] | None = None
     rejected_steps: tuple[int, ...] | None = None
+    chosen_tail: tuple[int, ...] = ()  # token ids decoded after end-of-turn (logged trajectories)
+    rejected_tail: tuple[int, ...] = ()
 
     @property
     def conversational(self) -> bool:
@@ -92,8 +96,9 @@ def parse_record(line: str, where: str) -> PreferenceRecord:
     else:
         raise ValueError(f"{where}: 'prompt' must be a string or a list of messages, got {type(prompt).__name__}")
     if keys == RESPONSES:
-        return PreferenceRecord(where, prompt, *responses, *_steps(obj, where))
-    for key in ("completion_steps", "chosen_steps", "rejected_steps"):
+        steps = _steps(obj, where)
+        return PreferenceRecord(where, prompt, *responses, *steps, *_tails(obj, where, steps[0] is not None))
+    for key in ("completion_steps", "chosen_steps", "rejected_steps", "chosen_tail", "rejected_tail"):
         if obj.get(key) is not None:
             raise ValueError(f"{where}: {key!r} is given, but a prompt-completion record carries no logged reveal steps")
     return PreferenceRecord(where, prompt, responses[0], None)
@@ -162,5 +167,20 @@ def _steps(obj: dict, where: str) -> tuple[tuple[int, ...] | None, tuple[int, ..
         if not (isinstance(value, list) and all(type(s) is int and 0 <= s < MAX_STEP for s in value)):
             raise ValueError(f"{where}: {key!r} must be a list of non-negative integers below {MAX_STEP}, "
                              "one reveal step per response token")
+        out.append(tuple(value))
+    return out[0], out[1]
+
+
+def _tails(obj: dict, where: str, logged: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    out = []
+    for key in (f"{r}_tail" for r in RESPONSES):
+        value = obj.get(key)
+        if value is None:
+            out.append(())
+            continue
+        if not logged:
+            raise ValueError(f"{where}: {key!r} is given without logged reveal steps (chosen_steps / rejected_steps)")
+        if not (isinstance(value, list) and all(type(t) is int and 0 <= t < MAX_STEP for t in value)):
+            raise ValueError(f"{where}: {key!r} must be a list of token ids (non-negative integers)")
         out.append(tuple(value))
     return out[0], out[1]

@@ -4,7 +4,10 @@ Every attention backend (dense, Transformer Engine bias, flex block mask) derive
 `may_attend`; nothing else in the code base decides which token sees which.
 
 A micro-batch is described per token by its rotary position, whether it belongs to the noisy
-(re-masked) half of a `[z~ ; y0]` sequence, and its segment (sample) id; segment 0 is padding.
+(re-masked) half of a `[z~ ; y0]` sequence, its segment (sample) id (segment 0 is padding) and
+its block origin: blocks are `block_size` positions counted from the origin (0: absolute blocks,
+Fast-dLLM v2 and SDAR; the prompt length mod `block_size`: blocks that start at the prompt's end,
+LLaDA and Dream, see `diffusion/spec.py`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def may_attend(
 ) -> Tensor:
     """Whether query q may attend key k (broadcasting, element-wise ops only, so flex can vmap it).
 
-    Block diffusion, with blk = position // block_size:
+    Positions are relative to the token's block origin. Block diffusion, with blk = position // block_size:
       noisy -> noisy: same block; noisy -> clean: earlier block; clean -> clean: same or earlier
       block; clean -> noisy: never.
     Tokens of different segments never see each other; padding sees only padding, so no row of
@@ -63,7 +66,7 @@ class TokenLayout:
     """Attention metadata of one micro-batch; the model receives it as its `attention_mask`.
 
     positions [b, s] rotary positions; noisy [b, s] noisy-half flags; segments [b, s] sample ids
-    (0 = padding), all over the whole row. Under context parallelism a rank holds only some of
+    (0 = padding); origins [b, s] each token's block origin (None: all 0), all over the whole row. Under context parallelism a rank holds only some of
     the row's tokens: `query_index` [s_q] names them (its queries, in its local order) and
     `key_index` [s_k] the order of the keys after the all-gather of K/V over the CP group; `None`
     means the whole row in order. Derived tensors (dense mask, flex block mask, rotary tables)
@@ -78,14 +81,16 @@ class TokenLayout:
     kv_cache: CacheCall | None = None  # decoding: the call's use of a block KV cache (models/kv_cache.py)
     query_index: Tensor | None = None  # context parallel: this rank's tokens of the row
     key_index: Tensor | None = None  # context parallel: the row's tokens in all-gathered order
+    origins: Tensor | None = None  # per token: where its blocks start (positions mod block_size)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         shape = self.positions.shape
-        if self.positions.dim() != 2 or self.noisy.shape != shape or self.segments.shape != shape:
+        origins = self.origins if self.origins is not None else self.positions
+        if self.positions.dim() != 2 or self.noisy.shape != shape or self.segments.shape != shape or origins.shape != shape:
             raise ValueError(
                 f"TokenLayout tensors must all be [batch, seq]; got positions {tuple(shape)}, "
-                f"noisy {tuple(self.noisy.shape)}, segments {tuple(self.segments.shape)}"
+                f"noisy {tuple(self.noisy.shape)}, segments {tuple(self.segments.shape)}, origins {tuple(origins.shape)}"
             )
         if self.variant != MaskVariant.BLOCK_DIFFUSION and bool(self.noisy.any()):
             raise ValueError(f"variant {self.variant.value!r} has no noisy half")
@@ -109,16 +114,22 @@ class TokenLayout:
         return self._cache[key]
 
     def _fields(self, index: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        fields = (self.positions, self.noisy, self.segments)
+        relative = self.positions if self.origins is None else self.positions - self.origins
+        fields = (relative, self.noisy, self.segments)
         return fields if index is None else tuple(t[:, index] for t in fields)
 
     def queries(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(positions, noisy, segments) [b, s_q] of this rank's query tokens."""
+        """The predicate's (positions from the block origin, noisy, segments) [b, s_q] of this rank's queries."""
         return self._fields(self.query_index)
 
     def keys(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(positions, noisy, segments) [b, s_k] of the keys, in the order attention sees them."""
+        """The predicate's (positions from the block origin, noisy, segments) [b, s_k] of the keys, in
+        the order attention sees them."""
         return self._fields(self.key_index)
+
+    def query_positions(self) -> Tensor:
+        """Rotary positions [b, s_q] of this rank's queries."""
+        return self.positions if self.query_index is None else self.positions[:, self.query_index]
 
     def allowed(self) -> Tensor:
         """Dense boolean mask [b, 1, s_q, s_k], True where attention is allowed."""
@@ -139,7 +150,7 @@ class TokenLayout:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return TokenLayout(
             self.positions.to(device), self.noisy.to(device), self.segments.to(device),
-            self.variant, self.block_size, self.kv_cache, move(self.query_index), move(self.key_index),
+            self.variant, self.block_size, self.kv_cache, move(self.query_index), move(self.key_index), move(self.origins),
         )
 
 
@@ -150,9 +161,15 @@ class PackedSample:
     tokens: Tensor
     positions: Tensor
     noisy: Tensor
+    origin: int = 0  # block origin of the sample
 
 
-def block_diffusion_sample(noisy_tokens: Tensor, clean_tokens: Tensor, prompt_len: int, block_size: int) -> PackedSample:
+def noisy_start(prompt_len: int, block_size: int, origin: int = 0) -> int:
+    """Start of the block holding the first response token: where a `[z~ ; y0]` noisy half begins."""
+    return origin + (prompt_len - origin) // block_size * block_size
+
+
+def block_diffusion_sample(noisy_tokens: Tensor, clean_tokens: Tensor, prompt_len: int, block_size: int, origin: int = 0) -> PackedSample:
     """The `[z~ ; y0]` sequence of one sample.
 
     The noisy half starts at the block holding the first response token: blocks made only of
@@ -165,16 +182,16 @@ def block_diffusion_sample(noisy_tokens: Tensor, clean_tokens: Tensor, prompt_le
         raise ValueError(f"noisy ({noisy_tokens.numel()}) and clean ({n}) lengths differ")
     if not 0 <= prompt_len < n:
         raise ValueError(f"prompt_len must be in [0, {n}), got {prompt_len}")
-    start = (prompt_len // block_size) * block_size
+    start = noisy_start(prompt_len, block_size, origin)
     positions = torch.cat([torch.arange(start, n), torch.arange(n)])
     noisy = torch.cat([torch.ones(n - start, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
-    return PackedSample(torch.cat([noisy_tokens[start:], clean_tokens]), positions, noisy)
+    return PackedSample(torch.cat([noisy_tokens[start:], clean_tokens]), positions, noisy, origin)
 
 
-def plain_sample(tokens: Tensor) -> PackedSample:
-    """A single clean sequence (bidirectional or causal families, and reference checks)."""
+def plain_sample(tokens: Tensor, origin: int = 0) -> PackedSample:
+    """A single sequence without a noisy half (full-attention and causal rows, decoder inputs)."""
     n = tokens.numel()
-    return PackedSample(tokens, torch.arange(n), torch.zeros(n, dtype=torch.bool))
+    return PackedSample(tokens, torch.arange(n), torch.zeros(n, dtype=torch.bool), origin)
 
 
 def collate(samples: list[PackedSample], variant: MaskVariant, block_size: int, pad_id: int, pad_to_multiple: int = 1) -> tuple[Tensor, TokenLayout]:
@@ -186,7 +203,8 @@ def collate(samples: list[PackedSample], variant: MaskVariant, block_size: int, 
     positions = torch.zeros((b, length), dtype=torch.long)
     noisy = torch.zeros((b, length), dtype=torch.bool)
     segments = torch.zeros((b, length), dtype=torch.long)
+    origins = torch.zeros((b, length), dtype=torch.long)
     for i, s in enumerate(samples):
         n = s.tokens.numel()
-        tokens[i, :n], positions[i, :n], noisy[i, :n], segments[i, :n] = s.tokens, s.positions, s.noisy, i + 1
-    return tokens, TokenLayout(positions, noisy, segments, variant, block_size)
+        tokens[i, :n], positions[i, :n], noisy[i, :n], segments[i, :n], origins[i, :n] = s.tokens, s.positions, s.noisy, i + 1, s.origin
+    return tokens, TokenLayout(positions, noisy, segments, variant, block_size, origins=origins)

@@ -1,7 +1,8 @@
 """Decoders of the method doc (section 5): block diffusion and semi-autoregressive remasking.
 
-One engine serves both. A response is decoded block by block (absolute blocks of `block_size`,
-the blocks the scorer uses); inside a block, sub-block by sub-block; each step forwards the model,
+One engine serves both. A response is decoded block by block (blocks of `block_size` from the
+family's origin, `DiffusionSpec.origin`: the blocks the scorer uses); inside a block, sub-block by
+sub-block; each step forwards the model,
 takes the confidence of every masked position of the current sub-block and reveals
 - with `tokens_per_step`: that many, most confident first (SDAR, LLaDA);
 - otherwise: every position above `threshold`, and always the most confident one (Fast-dLLM v2).
@@ -15,21 +16,25 @@ What a step forwards depends on the attention:
   (appended to the cache) and the current block. Without it, the clean prefix is recomputed;
 - bidirectional (LLaDA, Dream): the whole sequence, later blocks still [M] (no exact cache: the
   earlier blocks see the later ones).
-Every revealed token records its step (a per-sequence counter), ready for `logged_steps`.
+Decoding stops after the block that holds end-of-turn (`stop_at_end_of_turn`, block-diffusion
+families: later blocks cannot change it) or runs to `max_new_tokens` (LLaDA's and Dream's own
+decoders: the slots after end-of-turn are decoded too). Every revealed token records its step (a
+per-sequence counter), ready for `logged_steps`; the decoded slots after end-of-turn are kept as
+the generation's tail, since they are part of the trajectory the scorer replays.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from dtrpo_mega.diffusion.mask import MaskVariant, PackedSample, TokenLayout, collate, plain_sample
+from dtrpo_mega.diffusion.mask import MaskVariant, PackedSample, TokenLayout, collate, noisy_start, plain_sample
+from dtrpo_mega.diffusion.spec import DiffusionSpec
 from dtrpo_mega.diffusion.trajectory import response_blocks
-from dtrpo_mega.models.config import DLLMConfig
 from dtrpo_mega.models.kv_cache import BlockKVCache, CacheCall
 
 Forward = Callable[[Tensor, TokenLayout], Tensor]  # (input_ids [b, s], layout) -> logits [b, s, v]
@@ -41,7 +46,8 @@ class DecodeConfig:
     threshold: float = 0.9  # reveal every masked position whose confidence exceeds it (1.0: one per step)
     tokens_per_step: int | None = None  # fixed reveals per step instead of the threshold
     temperature: float = 0.0  # 0: greedy; > 0: sample, confidence = the sample's probability
-    end_of_turn_id: int | None = None  # stop once a finished block holds it
+    end_of_turn_id: int | None = None  # where the answer ends
+    stop_at_end_of_turn: bool = True  # stop once a finished block holds end-of-turn (else decode every slot)
     kv_cache: bool = True  # block diffusion: cache finished blocks' keys and values
 
     def __post_init__(self):
@@ -55,12 +61,14 @@ class DecodeConfig:
 
 @dataclass
 class Generation:
-    """One response: ids up to and including the end-of-turn token, and each id's reveal step."""
+    """One response: ids up to and including the end-of-turn token, the decoded slots after it,
+    and the reveal step of each (tokens, then tail)."""
 
     tokens: list[int]
-    reveal_steps: list[int]
-    ended: bool  # True when it stopped at end-of-turn, False at max_new_tokens
+    reveal_steps: list[int]  # len(tokens) + len(tail) values
+    ended: bool  # True when the answer ends with end-of-turn, False at max_new_tokens
     forward_passes: int  # decoder calls this sequence took part in
+    tail: list[int] = field(default_factory=list)  # decoded after end-of-turn: the rest of its block, or of max_new_tokens
 
 
 @dataclass
@@ -102,10 +110,10 @@ class _Row:
 
 
 class Sampler:
-    """Decodes batches of prompts with one model; `model(input_ids, layout) -> logits`."""
+    """Decodes batches of prompts with one model; `model(input_ids, layout) -> logits [b, s, >= vocab_size]`."""
 
-    def __init__(self, model: Forward, cfg: DLLMConfig, decode: DecodeConfig, device: torch.device | str = "cpu"):
-        self.model, self.cfg, self.decode, self.device = model, cfg, decode, torch.device(device)
+    def __init__(self, model: Forward, spec: DiffusionSpec, vocab_size: int, decode: DecodeConfig, device: torch.device | str = "cpu"):
+        self.model, self.cfg, self.vocab_size, self.decode, self.device = model, spec, vocab_size, decode, torch.device(device)
 
     def generate(self, prompts: list[list[int]], generator: torch.Generator | None = None) -> tuple[list[Generation], DecodeStats]:
         """Decode every prompt (token ids, any lengths); one model call per step serves the batch."""
@@ -129,21 +137,23 @@ class Sampler:
         p, n = len(prompt), len(prompt) + self.decode.max_new_tokens
         seq = torch.full((n,), self.cfg.mask_token_id, dtype=torch.long)
         seq[:p] = torch.as_tensor(prompt, dtype=torch.long)
-        return _Row(index, seq, p, response_blocks(p, n, self.cfg.block_size), torch.full((n,), -1, dtype=torch.long))
+        blocks = response_blocks(p, n, self.cfg.block_size, self.cfg.origin(p))
+        return _Row(index, seq, p, blocks, torch.full((n,), -1, dtype=torch.long))
 
     def _decoder_input(self, row: _Row) -> PackedSample:
         """Block diffusion: clean finished blocks (from the cache on) + current block; else everything."""
+        origin = self.cfg.origin(row.prompt_len)
         if self.cfg.attention != MaskVariant.BLOCK_DIFFUSION:
-            return plain_sample(row.seq)
+            return plain_sample(row.seq, origin)
         span = row.seq[row.cached : row.current.stop]
-        return PackedSample(span, torch.arange(row.cached, row.current.stop), torch.zeros(span.numel(), dtype=torch.bool))
+        return PackedSample(span, torch.arange(row.cached, row.current.stop), torch.zeros(span.numel(), dtype=torch.bool), origin)
 
     def _forward(self, rows: list[_Row], cache: BlockKVCache | None) -> Tensor:
         """Logits [b, s, v] of each row's decoder input (row i's slot `row.cached + j` at j)."""
         tokens, layout = collate([self._decoder_input(r) for r in rows], self.cfg.attention, self.cfg.block_size, pad_id=0)
         if cache is not None:
             # the finished blocks before the current one go into the cache once this call has used them
-            done = [(r.current.start // self.cfg.block_size) * self.cfg.block_size for r in rows]
+            done = [noisy_start(r.current.start, self.cfg.block_size, self.cfg.origin(r.prompt_len)) for r in rows]
             layout.kv_cache = CacheCall(cache, tuple(r.index for r in rows), tuple(d - r.cached for d, r in zip(done, rows)))
             for row, d in zip(rows, done):
                 row.cached = d
@@ -151,19 +161,19 @@ class Sampler:
 
     def _candidates(self, row: _Row) -> tuple[list[int], bool]:
         """Masked positions this step may reveal, and whether it is a forced single reveal."""
-        block = row.current
+        block, origin = row.current, self.cfg.origin(row.prompt_len)
         first = block.start
-        if self.cfg.logits_shift and first % self.cfg.block_size == 0 and row.steps[first] < 0:
+        if self.cfg.logits_shift and self.cfg.starts_block(first, row.prompt_len) and row.steps[first] < 0:
             return [first], True  # a block's first token: its own autoregressive step
         masked = [p for p in block if row.steps[p] < 0]
-        sub = masked[0] // self.cfg.sub_block_size
-        return [p for p in masked if p // self.cfg.sub_block_size == sub], False
+        sub = (masked[0] - origin) // self.cfg.sub_block_size
+        return [p for p in masked if (p - origin) // self.cfg.sub_block_size == sub], False
 
     def _step(self, row: _Row, logits: Tensor, offset: int, generator: torch.Generator | None) -> None:
         """One step of a row; `logits[j]` belongs to slot `offset + j`."""
         positions, forced = self._candidates(row)
         idx = torch.tensor(positions) - int(self.cfg.logits_shift) - offset
-        scores = logits[idx, : self.cfg.vocab_size].clone()
+        scores = logits[idx, : self.vocab_size].clone()
         scores[:, self.cfg.mask_token_id] = float("-inf")  # never reveal [M]
         tokens, confidence = self._pick(scores, generator)
         chosen = self._choose(confidence, forced)
@@ -196,17 +206,14 @@ class Sampler:
 
     def _close_block(self, row: _Row) -> None:
         eot = self.decode.end_of_turn_id
-        if eot is not None and bool((row.seq[row.current.start : row.current.stop] == eot).any()):
-            row.done = row.ended = True
-        elif row.block + 1 == len(row.blocks):
+        row.ended = row.ended or (eot is not None and bool((row.seq[row.current.start : row.current.stop] == eot).any()))
+        if (row.ended and self.decode.stop_at_end_of_turn) or row.block + 1 == len(row.blocks):
             row.done = True
         else:
             row.block += 1
 
     def _finish(self, row: _Row) -> Generation:
-        response = row.seq[row.prompt_len : row.current.stop]
-        steps = row.steps[row.prompt_len : row.current.stop]
-        if row.ended:
-            cut = int((response == self.decode.end_of_turn_id).nonzero()[0]) + 1
-            response, steps = response[:cut], steps[:cut]
-        return Generation(response.tolist(), steps.tolist(), row.ended, row.passes)
+        response = row.seq[row.prompt_len : row.current.stop].tolist()
+        steps = row.steps[row.prompt_len : row.current.stop].tolist()
+        cut = response.index(self.decode.end_of_turn_id) + 1 if row.ended else len(response)
+        return Generation(response[:cut], steps, row.ended, row.passes, tail=response[cut:])

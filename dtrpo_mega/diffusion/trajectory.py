@@ -67,15 +67,16 @@ def sample_rng(seed: int, epoch: int, index: int, role: int) -> np.random.Genera
     return np.random.default_rng(np.random.SeedSequence([seed, epoch, index, role]))
 
 
-def response_blocks(prompt_len: int, length: int, block_size: int) -> list[range]:
-    """Absolute positions of the response tokens of each block that holds any."""
-    first = prompt_len // block_size
-    return [range(max(b * block_size, prompt_len), min((b + 1) * block_size, length)) for b in range(first, -(-length // block_size))]
+def response_blocks(prompt_len: int, length: int, block_size: int, origin: int = 0) -> list[range]:
+    """Positions of the response tokens of each block that holds any; blocks start at `origin` mod
+    block_size (`DiffusionSpec.origin`)."""
+    first, end = (prompt_len - origin) // block_size, -(-(length - origin) // block_size)
+    return [range(max(origin + b * block_size, prompt_len), min(origin + (b + 1) * block_size, length)) for b in range(first, end)]
 
 
 def inference_aligned_steps(
     prompt_len: int, length: int, block_size: int, sub_block_size: int, tokens_per_step: int,
-    first_token_own_step: bool, rng: np.random.Generator, confidence: np.ndarray | None = None,
+    first_token_own_step: bool, rng: np.random.Generator, confidence: np.ndarray | None = None, origin: int = 0,
 ) -> np.ndarray:
     """Per-position step within its block (-1 for prompt), mirroring the deployed decoder.
 
@@ -84,16 +85,16 @@ def inference_aligned_steps(
     a random order or by descending `confidence` (per position).
     """
     steps = np.full(length, -1, dtype=np.int64)
-    for block in response_blocks(prompt_len, length, block_size):
+    for block in response_blocks(prompt_len, length, block_size, origin):
         positions = list(block)
         step = 0
-        if first_token_own_step and positions[0] % block_size == 0:
+        if first_token_own_step and (positions[0] - origin) % block_size == 0:
             steps[positions[0]] = step
             step += 1
             positions = positions[1:]
         sub_blocks: dict[int, list[int]] = {}
         for p in positions:
-            sub_blocks.setdefault(p // sub_block_size, []).append(p)
+            sub_blocks.setdefault((p - origin) // sub_block_size, []).append(p)
         for members in sub_blocks.values():
             members = np.asarray(members)
             if confidence is None:
@@ -106,7 +107,7 @@ def inference_aligned_steps(
     return steps
 
 
-def logged_steps(prompt_len: int, length: int, block_size: int, reveal_steps: np.ndarray) -> np.ndarray:
+def logged_steps(prompt_len: int, length: int, block_size: int, reveal_steps: np.ndarray, origin: int = 0) -> np.ndarray:
     """Per-position step within its block from logged reveal steps (one per response token).
 
     Logged steps may count globally or per block; tokens revealed at the same logged step share
@@ -116,7 +117,7 @@ def logged_steps(prompt_len: int, length: int, block_size: int, reveal_steps: np
         raise ValueError(f"logged reveal steps: {len(reveal_steps)} values for {length - prompt_len} response tokens")
     steps = np.full(length, -1, dtype=np.int64)
     logged = np.concatenate([np.full(prompt_len, -1), np.asarray(reveal_steps, dtype=np.int64)])
-    for block in response_blocks(prompt_len, length, block_size):
+    for block in response_blocks(prompt_len, length, block_size, origin):
         idx = np.asarray(block)
         _, ranks = np.unique(logged[idx], return_inverse=True)
         steps[idx] = ranks
@@ -132,16 +133,17 @@ class Remasked:
     context: np.ndarray | None = None  # what the clean half holds; None: the clean sequence
 
 
-def steps_per_block(steps: np.ndarray, prompt_len: int, block_size: int) -> list[int]:
+def steps_per_block(steps: np.ndarray, prompt_len: int, block_size: int, origin: int = 0) -> list[int]:
     """S_b for every block that holds response tokens."""
-    return [int(steps[np.asarray(b)].max()) + 1 for b in response_blocks(prompt_len, len(steps), block_size)]
+    return [int(steps[np.asarray(b)].max()) + 1 for b in response_blocks(prompt_len, len(steps), block_size, origin)]
 
 
-def remask_at_steps(tokens: np.ndarray, steps: np.ndarray, prompt_len: int, block_size: int, mask_id: int, cfg: SchedulerConfig, chosen: list[int]) -> Remasked:
+def remask_at_steps(tokens: np.ndarray, steps: np.ndarray, prompt_len: int, block_size: int, mask_id: int, cfg: SchedulerConfig,
+                    chosen: list[int], origin: int = 0) -> Remasked:
     """Block b at the state just before its step chosen[b]; that step's tokens scored with S_b."""
     noisy, weights = tokens.copy(), np.zeros(len(tokens), dtype=np.float64)
-    blocks = response_blocks(prompt_len, len(tokens), block_size)
-    for block, s, num_steps in zip(blocks, chosen, steps_per_block(steps, prompt_len, block_size), strict=True):
+    blocks = response_blocks(prompt_len, len(tokens), block_size, origin)
+    for block, s, num_steps in zip(blocks, chosen, steps_per_block(steps, prompt_len, block_size, origin), strict=True):
         idx = np.asarray(block)
         noisy[idx[steps[idx] >= s]] = mask_id
         scored = idx[steps[idx] == s]
@@ -150,19 +152,20 @@ def remask_at_steps(tokens: np.ndarray, steps: np.ndarray, prompt_len: int, bloc
     return Remasked(noisy, weights)
 
 
-def remask_at_sampled_steps(tokens: np.ndarray, steps: np.ndarray, prompt_len: int, block_size: int, mask_id: int, cfg: SchedulerConfig, rng: np.random.Generator) -> Remasked:
-    """Sample s_b ~ U{0..S_b-1} per block; mask steps >= s_b; score step s_b with weight S_b."""
-    chosen = [int(rng.integers(n)) for n in steps_per_block(steps, prompt_len, block_size)]
-    return remask_at_steps(tokens, steps, prompt_len, block_size, mask_id, cfg, chosen)
+def sample_steps(steps: np.ndarray, prompt_len: int, block_size: int, rng: np.random.Generator, origin: int = 0) -> list[int]:
+    """s_b ~ U{0..S_b-1} for every block."""
+    return [int(rng.integers(n)) for n in steps_per_block(steps, prompt_len, block_size, origin)]
 
 
-def remask_random(tokens: np.ndarray, prompt_len: int, block_size: int, mask_id: int, cfg: SchedulerConfig, rng: np.random.Generator) -> Remasked:
-    """MDLM / BD3-LM style: per block t ~ U(eps, 1), mask each token with probability t, and
-    score every masked token with weight 1/t (the Rao-Blackwellized ELBO difference)."""
+def remask_random(tokens: np.ndarray, prompt_len: int, block_size: int, mask_id: int, cfg: SchedulerConfig, rng: np.random.Generator,
+                  origin: int = 0, one_t: bool = False) -> Remasked:
+    """MDLM / BD3-LM style: per block (or, `one_t`, once for the whole response: LLaDA, SDAR) t ~ U(eps, 1),
+    mask each token with probability t, and score every masked token with weight 1/t (the
+    Rao-Blackwellized ELBO difference)."""
     noisy, weights = tokens.copy(), np.zeros(len(tokens), dtype=np.float64)
-    blocks = response_blocks(prompt_len, len(tokens), block_size)
-    for block in blocks:
-        idx = np.asarray(block)
+    groups = [range(prompt_len, len(tokens))] if one_t else response_blocks(prompt_len, len(tokens), block_size, origin)
+    for group in groups:
+        idx = np.asarray(group)
         t = cfg.random_mask_eps + (1 - cfg.random_mask_eps) * rng.random()
         masked = idx[rng.random(len(idx)) < t]
         noisy[masked] = mask_id

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from dtrpo_mega.diffusion.sampler import DecodeConfig, Sampler
-from dtrpo_mega.eval.model import PromptRenderer, load_for_decoding
+from dtrpo_mega.eval.model import PromptRenderer, family_sampler, load_for_decoding
 
 
 def add_decoder_options(parser: argparse.ArgumentParser) -> None:
@@ -41,5 +41,5 @@ def build_decoder(args: argparse.Namespace) -> Decoder:
     renderer = PromptRenderer.for_family(cfg.family, args.tokenizer, plain=args.plain)
     decode = DecodeConfig(args.max_new_tokens, args.threshold, args.tokens_per_step, args.temperature, renderer.end_of_turn_id,
                           kv_cache=not args.no_kv_cache)
-    sampler = Sampler(model, cfg, decode, next(model.parameters()).device)
+    sampler = family_sampler(model, decode)
     return Decoder(sampler, renderer, torch.Generator().manual_seed(args.seed), args.batch_size)

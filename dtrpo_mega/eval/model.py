@@ -7,6 +7,7 @@ folder (`config.json`), imported into a temporary folder first.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +15,11 @@ from pathlib import Path
 import torch
 
 from dtrpo_mega.checkpointing import MODEL_CONFIG_FILE, load_model, read_model_config
-from dtrpo_mega.data import ChatEncoder, Message, Tokenizer, chat_template, load_tokenizer
+from dtrpo_mega.data import ChatEncoder, Message, Tokenizer, load_tokenizer
 from dtrpo_mega.data.records import Prompt
+from dtrpo_mega.diffusion.sampler import DecodeConfig, Sampler
 from dtrpo_mega.models.dllm import DLLM, build_model
+from dtrpo_mega.models.families import chat_template, get_family
 from dtrpo_mega.parallel.runtime import ParallelConfig, initialize
 from dtrpo_mega.training.checkpoint import latest_checkpoint
 
@@ -48,6 +51,13 @@ def load_for_decoding(path: str | Path, dtype: str = "fp32", **import_options) -
             import_hf(path, Path(tmp) / "model", **import_options)
             return _load(Path(tmp) / "model", dtype)
     return _load(model_folder(path), dtype)
+
+
+def family_sampler(model: DLLM, decode: DecodeConfig) -> Sampler:
+    """A Sampler for a loaded model, stopping where its family's own decoder stops."""
+    cfg = model.dllm_config
+    decode = dataclasses.replace(decode, stop_at_end_of_turn=get_family(cfg.family).stops_at_end_of_turn)
+    return Sampler(model, cfg.diffusion, cfg.vocab_size, decode, next(model.parameters()).device)
 
 
 def _load(folder: Path, dtype: str) -> DLLM:

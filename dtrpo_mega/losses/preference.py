@@ -4,12 +4,15 @@ Each pair has a chosen (role 0) and a rejected (role 1) sequence. For each seque
     l_hat = sum_tokens weight * log pi_theta  -  (the same weighted sum under the reference)
 (the weighted sums come from `ScoredRows.sequence_sums`), and per pair, with logits = l_hat_w - l_hat_l and h = beta * logits:
     sigmoid  -logsig(h) (1 - eps) - logsig(-h) eps      (eps = label_smoothing; 0: DPO)
-    ipo      (logits - 1 / (2 beta))^2
+    ipo      (l_hat_w / L_w - l_hat_l / L_l - 1 / (2 beta))^2   (L: response tokens; TRL's and the
+             IPO authors' length normalization; `ipo_length_normalized=false`: logits unnormalized)
     robust   (-logsig(h) (1 - eps) + logsig(-h) eps) / (1 - 2 eps)
     hinge    relu(1 - h)
-plus `nll_weight` times the chosen response's estimated NLL per token, from the same forward.
-Losses are returned as sums over pairs (the trainer adds the count of Megatron's
-(sum, count, report)), so the global mean is exact whatever the DP / PP / CP / micro-batch split.
+plus `nll_weight` times the chosen responses' estimated NLL: per token over the whole global batch
+(`nll_normalization=batch_tokens`, TRL's `sft` loss term), or per token of each response, then per
+pair (`sequence`). Losses are returned as sums over pairs (the trainer adds the count of
+Megatron's (sum, count, report)), so the global mean is exact whatever the DP / PP / CP /
+micro-batch split. Differences from TRL's DPOTrainer are listed in docs/training.md.
 """
 
 from __future__ import annotations
@@ -29,18 +32,26 @@ class LossType(str, Enum):
     HINGE = "hinge"
 
 
+class NLLNormalization(str, Enum):
+    BATCH_TOKENS = "batch_tokens"  # sum over the global batch's chosen responses / their tokens (TRL)
+    SEQUENCE = "sequence"  # per chosen response: its NLL / its tokens; then per pair
+
+
 @dataclass
 class LossConfig:
     beta: float = 0.1
     loss_type: LossType = LossType.SIGMOID
     label_smoothing: float = 0.0
     nll_weight: float = 0.0
+    nll_normalization: NLLNormalization = NLLNormalization.BATCH_TOKENS
+    ipo_length_normalized: bool = True
 
     def __post_init__(self):
-        try:
-            self.loss_type = LossType(self.loss_type)
-        except ValueError:
-            raise ValueError(f"loss.loss_type={self.loss_type!r}; choose from {[t.value for t in LossType]}") from None
+        for name, enum in (("loss_type", LossType), ("nll_normalization", NLLNormalization)):
+            try:
+                setattr(self, name, enum(getattr(self, name)))
+            except ValueError:
+                raise ValueError(f"loss.{name}={getattr(self, name)!r}; choose from {[t.value for t in enum]}") from None
         if self.beta <= 0:
             raise ValueError(f"loss.beta must be > 0, got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
@@ -49,13 +60,16 @@ class LossConfig:
             raise ValueError(f"loss.nll_weight must be >= 0, got {self.nll_weight}")
 
 
-def pair_losses(logratio_chosen: Tensor, logratio_rejected: Tensor, cfg: LossConfig) -> Tensor:
-    """Per-pair loss from the trajectory log-ratio estimates of chosen and rejected."""
-    logits = logratio_chosen - logratio_rejected
+def pair_losses(logratios: Tensor, response_lengths: Tensor, cfg: LossConfig) -> Tensor:
+    """Per-pair loss from the trajectory log-ratio estimates [pairs, 2] of chosen and rejected."""
+    logits = logratios[:, 0] - logratios[:, 1]
     h, eps = cfg.beta * logits, cfg.label_smoothing
     if cfg.loss_type == LossType.SIGMOID:
         return -F.logsigmoid(h) * (1 - eps) - F.logsigmoid(-h) * eps
     if cfg.loss_type == LossType.IPO:
+        if cfg.ipo_length_normalized:
+            per_token = logratios / response_lengths.clamp(min=1)
+            logits = per_token[:, 0] - per_token[:, 1]
         return (logits - 1 / (2 * cfg.beta)) ** 2
     if cfg.loss_type == LossType.ROBUST:
         return (-F.logsigmoid(h) * (1 - eps) + F.logsigmoid(-h) * eps) / (1 - 2 * eps)
@@ -65,15 +79,22 @@ def pair_losses(logratio_chosen: Tensor, logratio_rejected: Tensor, cfg: LossCon
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected", "nll")
 
 
-def dtrpo_loss(policy_sums: Tensor, ref_sums: Tensor, response_lengths: Tensor, cfg: LossConfig) -> tuple[Tensor, dict]:
+def dtrpo_loss(policy_sums: Tensor, ref_sums: Tensor, response_lengths: Tensor, cfg: LossConfig,
+               pairs_per_chosen_token: float | None = None) -> tuple[Tensor, dict]:
     """(sum of pair losses, summed TRL-named metrics) of some pairs.
 
     policy_sums, ref_sums: [pairs, 2] weighted log-prob sums of chosen and rejected under the
-    policy and the reference; response_lengths: [pairs, 2] response tokens (for the per-token NLL).
+    policy and the reference; response_lengths: [pairs, 2] response tokens (IPO, the NLL).
+    pairs_per_chosen_token: the global batch's pairs over its chosen tokens, for the batch-token
+    NLL (None: these pairs' own).
     """
     logratios = policy_sums - ref_sums
-    losses = pair_losses(logratios[:, 0], logratios[:, 1], cfg)
-    nll = -policy_sums[:, 0] / response_lengths[:, 0]
+    losses = pair_losses(logratios, response_lengths, cfg)
+    if cfg.nll_normalization == NLLNormalization.SEQUENCE:
+        nll = -policy_sums[:, 0] / response_lengths[:, 0]
+    else:
+        scale = pairs_per_chosen_token if pairs_per_chosen_token is not None else len(policy_sums) / float(response_lengths[:, 0].sum())
+        nll = -policy_sums[:, 0] * scale
     if cfg.nll_weight:
         losses = losses + cfg.nll_weight * nll
     rewards = cfg.beta * logratios.detach()

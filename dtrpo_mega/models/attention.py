@@ -20,8 +20,6 @@ all-gathers K and V over the CP group (`dtrpo_mega/parallel/context.py`) and att
 
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,16 +28,10 @@ from megatron.core import parallel_state
 from megatron.core.transformer.module import MegatronModule
 
 from dtrpo_mega.diffusion.mask import PAD_SEGMENT, TokenLayout
+from dtrpo_mega.models.config import AttentionBackend
 from dtrpo_mega.models.flex import flex_attention, flex_available
 from dtrpo_mega.models.rotary import apply_rotary, rotary_tables
 from dtrpo_mega.parallel.context import gather_sequence
-
-
-class AttentionBackend(str, Enum):
-    AUTO = "auto"
-    LOCAL = "local"
-    TE = "te"
-    FLEX = "flex"
 
 
 def te_available() -> bool:
@@ -126,7 +118,7 @@ class DLLMCoreAttention(MegatronModule):
         layout = attention_mask
         cos, sin = layout.cached(
             ("rope", self.head_dim, self.rope_theta, str(query.device)),
-            lambda: rotary_tables(layout.queries()[0].to(query.device), self.head_dim, self.rope_theta),
+            lambda: rotary_tables(layout.query_positions().to(query.device), self.head_dim, self.rope_theta),
         )
         query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
         if layout.query_index is not None:  # context parallel: attend to the keys of the whole row

@@ -1,18 +1,32 @@
 """Typed model configuration: one dataclass for every dLLM family, plus its megatron-core form.
 
-A family is a set of defaults (layout, attention variant, mask token, shift), never a code fork.
+A family (`models/families/`) is a set of defaults (layout, attention variant, mask token, shift,
+block alignment), never a code fork.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
 
 from dtrpo_mega.diffusion.mask import MaskVariant
-from dtrpo_mega.models.attention import AttentionBackend
+from dtrpo_mega.diffusion.spec import BlockAlignment, DiffusionSpec
+
+
+LATER_TRAITS = ("block_alignment",)  # family traits added after the first stored configs
+
+
+class AttentionBackend(str, Enum):
+    """Core attention kernels (models/attention.py)."""
+
+    AUTO = "auto"
+    LOCAL = "local"
+    TE = "te"
+    FLEX = "flex"
 
 
 @dataclass
@@ -35,6 +49,7 @@ class DLLMConfig:
     sub_block_size: int = 8
     logits_shift: bool = False  # token j is read from the logit at j - 1
     attention: MaskVariant = MaskVariant.BLOCK_DIFFUSION
+    block_alignment: BlockAlignment = BlockAlignment.ABSOLUTE
     attention_backend: AttentionBackend = AttentionBackend.AUTO
     max_position_embeddings: int = 32768
     make_vocab_size_divisible_by: int = 128
@@ -44,6 +59,7 @@ class DLLMConfig:
 
     def __post_init__(self):
         self.attention = MaskVariant(self.attention)
+        self.block_alignment = BlockAlignment(self.block_alignment)
         self.attention_backend = AttentionBackend(self.attention_backend)
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
@@ -84,19 +100,28 @@ class DLLMConfig:
         if problems:
             raise ValueError("parallel layout does not fit the model: " + "; ".join(problems))
 
+    @property
+    def diffusion(self) -> DiffusionSpec:
+        return DiffusionSpec(self.block_size, self.sub_block_size, self.mask_token_id, self.logits_shift, self.attention,
+                             self.block_alignment)
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["attention"] = self.attention.value
-        d["attention_backend"] = self.attention_backend.value
+        for name in ("attention", "attention_backend", "block_alignment"):
+            d[name] = getattr(self, name).value
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "DLLMConfig":
+        """A stored config; a family trait it predates (e.g. `block_alignment`) takes the family's value."""
+        from dtrpo_mega.models.families import get_family
+
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown model config fields: {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        traits = get_family(d["family"]).traits
+        return cls(**{**{k: traits[k] for k in LATER_TRAITS if k in traits and k not in d}, **d})
 
     def transformer_config(self, tp: int, pp: int, params_dtype: torch.dtype, use_cpu_initialization: bool, cp: int = 1):
         """The megatron-core TransformerConfig of this model at a parallel layout (CP: context-parallel size)."""

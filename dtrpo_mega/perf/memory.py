@@ -19,7 +19,10 @@ import math
 from dataclasses import dataclass, field
 
 from dtrpo_mega.config import ReferenceMode, TrainConfig
+from dtrpo_mega.diffusion.mask import noisy_start
 from dtrpo_mega.diffusion.scoring import Objective
+from dtrpo_mega.diffusion.spec import ScoringLayout
+from dtrpo_mega.diffusion.trajectory import SchedulerMode
 from dtrpo_mega.models.attention import AttentionBackend
 from dtrpo_mega.models.config import DLLMConfig
 from dtrpo_mega.models.recompute import RecomputeConfig, RecomputeGranularity, checkpoint_spans
@@ -61,11 +64,13 @@ class Workload:
     pad_to_multiple: int = 8  # unpacked rows
     packed_tokens: int = 0  # > 0: packing, one row of this many tokens per micro-batch
     pairs_per_step: int = 1  # per data-parallel rank; bounds the micro-batches in flight
+    plain: bool = False  # objective.scoring=per_block: plain rows of prompt + response (no noisy copy)
+    block_origin: int = 0  # where blocks start (`DiffusionSpec.origin` of the prompt length)
 
     def sample_tokens(self, block_size: int) -> int:
-        """One `[z~ ; y0]` sample: the noisy copy starts at the block of the first response token."""
+        """One sample: a plain row, or `[z~ ; y0]` whose noisy copy starts at the block of the first response token."""
         p, n = self.prompt_length, self.prompt_length + self.response_length
-        return 2 * n - p // block_size * block_size
+        return n if self.plain else 2 * n - noisy_start(p, block_size, self.block_origin)
 
     def pair_tokens(self, block_size: int) -> int:
         return self.rows_per_pair * self.sample_tokens(block_size)
@@ -355,9 +360,13 @@ def from_train_config(cfg: TrainConfig, model: DLLMConfig, dp: int, prompt_lengt
         transformer_impl=transformer_impl, recompute=cfg.train.recompute,
         resident_reference=obj.is_preference and cfg.reference.mode == ReferenceMode.RESIDENT,
     )
+    plain = cfg.objective.layout(model.family) == ScoringLayout.PER_BLOCK
+    per_sequence = cfg.objective.vrpo_samples if obj == Objective.VRPO else 1
+    if plain and obj == Objective.DTRPO and cfg.scheduler.mode != SchedulerMode.RANDOM_MASK:
+        per_sequence = -(-response_length // model.block_size)  # one row per block
     work = Workload(
-        prompt_length, response_length,
-        rows_per_pair=(2 if obj.is_preference else 1) * (cfg.objective.vrpo_samples if obj == Objective.VRPO else 1),
+        prompt_length, response_length, plain=plain, block_origin=model.diffusion.origin(prompt_length),
+        rows_per_pair=(2 if obj.is_preference else 1) * per_sequence,
         pairs_per_micro_batch=cfg.train.micro_batch_size, pad_to_multiple=cfg.data.pad_to_multiple,
         packed_tokens=cfg.train.micro_batch_tokens if cfg.data.packing else 0,
         pairs_per_step=cfg.train.global_batch_size // dp,

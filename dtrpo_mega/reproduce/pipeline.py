@@ -28,7 +28,7 @@ import torch
 from dtrpo_mega.config import TrainConfig, build_dataclass, load_dataclass
 from dtrpo_mega.data import build_preference_dataset
 from dtrpo_mega.diffusion.sampler import DecodeConfig, Sampler
-from dtrpo_mega.eval.model import PromptRenderer, load_for_decoding, model_folder
+from dtrpo_mega.eval.model import PromptRenderer, family_sampler, load_for_decoding, model_folder
 from dtrpo_mega.eval.runner import run_task
 from dtrpo_mega.reproduce.task import SortingTask, examples, write_completions, write_examples
 from dtrpo_mega.synthetic import write_tokenizer
@@ -160,9 +160,10 @@ class SeedRun:
                     ok = cfg.task.is_correct(prompt, text)
                     sampled, correct = sampled + 1, correct + ok
                     if usable:
-                        (good if ok else bad).setdefault(text, gen.reveal_steps)
-                for (chosen, c_steps), (rejected, r_steps) in itertools.islice(itertools.product(good.items(), bad.items()), cfg.pairs_per_prompt):
-                    records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "chosen_steps": c_steps, "rejected_steps": r_steps})
+                        (good if ok else bad).setdefault(text, (gen.reveal_steps, gen.tail))
+                for (chosen, (c_steps, c_tail)), (rejected, (r_steps, r_tail)) in itertools.islice(itertools.product(good.items(), bad.items()), cfg.pairs_per_prompt):
+                    records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "chosen_steps": c_steps, "rejected_steps": r_steps,
+                                    "chosen_tail": c_tail, "rejected_tail": r_tail})
         if len(records) < cfg.preference.global_batch_size:
             raise RuntimeError(f"seed {self.seed}: {len(records)} (correct, incorrect) pairs from {sampled} samples "
                                f"({correct} correct), fewer than preference.global_batch_size={cfg.preference.global_batch_size}: "
@@ -216,7 +217,7 @@ class SeedRun:
         policy = load_for_decoding(model)
         renderer = PromptRenderer.for_family(self.cfg.family, self.tokenizer, plain=True)  # as the data renders text prompts
         decode = DecodeConfig(self.cfg.max_new_tokens, self.cfg.threshold, None, temperature, renderer.end_of_turn_id)
-        return Sampler(policy, policy.dllm_config, decode), renderer
+        return family_sampler(policy, decode), renderer
 
     def _accuracy(self, model: str) -> dict:
         sampler, renderer = self._sampler(model, 0.0)

@@ -18,12 +18,14 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from dtrpo_mega.config import TrainConfig
+from dtrpo_mega.diffusion.spec import SFTNormalizer
+from dtrpo_mega.losses.preference import NLLNormalization
 from dtrpo_mega.parallel.runtime import comm_device
 from dtrpo_mega.rows import ScoredRows
 from dtrpo_mega.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dtrpo_mega.training.metrics import MetricsLogger, reduce_reports
 from dtrpo_mega.training.optim import build_optimizer, lr_at
-from dtrpo_mega.training.objectives import policy_loss, sft_loss
+from dtrpo_mega.training.objectives import policy_loss, sequences_per_unit, sft_loss
 from dtrpo_mega.training.setup import Run, build_policy, build_reference, setup_run
 from dtrpo_mega.training.step import forward_backward
 
@@ -63,6 +65,16 @@ def micro_batches_of(run: Run, step: int) -> list[ScoredRows]:
     return run.context_shards(micro)
 
 
+def step_loss(run: Run, micro: list[ScoredRows]):
+    """The loss function of one step's micro-batches, with its global-batch normalizers."""
+    cfg = run.cfg
+    if cfg.objective.name.is_preference:
+        batch_nll = cfg.loss.nll_weight and cfg.loss.nll_normalization == NLLNormalization.BATCH_TOKENS
+        return partial(policy_loss, cfg.loss, sequences_per_unit(micro, SFTNormalizer.RESPONSE_TOKENS) if batch_nll else None)
+    per_sequence = run.rows.sft.normalizer == SFTNormalizer.SEQUENCE_LENGTH
+    return partial(sft_loss, run.rows.sft, None if per_sequence else sequences_per_unit(micro, run.rows.sft.normalizer))
+
+
 def train(cfg: TrainConfig) -> list[dict]:
     """Train; returns the logged metrics (on the logging rank; empty elsewhere)."""
     run = setup_run(cfg)
@@ -89,7 +101,6 @@ def train(cfg: TrainConfig) -> list[dict]:
     logs_here = run.runtime.rank == run.runtime.world_size - 1
     logger = MetricsLogger(cfg.logging.dir, cfg.train.train_steps, start, cfg.to_dict(), cfg.logging.wandb_project, cfg.logging.progress_bar, cfg.logging.log_interval) if logs_here else None
     stop = StopFlag()
-    loss = partial(policy_loss, cfg.loss) if preference else sft_loss
     try:
         for step in range(start, cfg.train.train_steps):
             t0 = time.perf_counter()
@@ -97,7 +108,7 @@ def train(cfg: TrainConfig) -> list[dict]:
             if reference is not None:
                 micro = reference.with_reference(micro)
             optimizer.zero_grad()
-            reports = forward_backward(optimizer.module, micro, loss)
+            reports = forward_backward(optimizer.module, micro, step_loss(run, micro))
             lr = lr_at(step, cfg.optimizer, cfg.train.train_steps)
             grad_norm = optimizer.step(cfg.train.global_batch_size, lr)
             elapsed = time.perf_counter() - t0

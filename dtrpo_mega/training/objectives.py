@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import torch
 
+import torch.distributed as dist
 from megatron.core import parallel_state
 
+from dtrpo_mega.diffusion.spec import SFTConvention, SFTNormalizer
 from dtrpo_mega.losses.preference import LossConfig, dtrpo_loss
 from dtrpo_mega.losses.sft import masked_diffusion_loss
 from dtrpo_mega.parallel.context import all_reduce_sum_keep_grad
+from dtrpo_mega.parallel.runtime import comm_device
 from dtrpo_mega.rows import ScoredRows
 
 
@@ -37,14 +40,32 @@ def _megatron(rows: ScoredRows, loss: torch.Tensor, report: dict):
     return loss, torch.tensor(count, dtype=torch.int), report
 
 
-def policy_loss(cfg: LossConfig, rows: ScoredRows, token_ce: torch.Tensor):
+def sequences_per_unit(micro: list[ScoredRows], unit: SFTNormalizer) -> float:
+    """The global batch's scored sequences over its response tokens (`response_tokens`, chosen
+    responses) or its masked tokens (`masked_tokens`): the same on every rank of the step."""
+    local = [sum(mb.num_pairs for mb in micro), 0.0]
+    if unit == SFTNormalizer.MASKED_TOKENS:
+        local[1] = sum(mb.scored_tokens() for mb in micro)  # this rank's context-parallel share
+    else:
+        local[1] = sum(float(mb.response_lengths[:, 0].sum()) for mb in micro)
+    totals = torch.tensor(local, dtype=torch.float64, device=comm_device())
+    if unit == SFTNormalizer.MASKED_TOKENS and parallel_state.get_context_parallel_world_size() > 1:
+        tokens = totals[1:].clone()
+        dist.all_reduce(tokens, group=parallel_state.get_context_parallel_group())
+        totals[1:] = tokens
+    dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+    return float(totals[0] / totals[1])
+
+
+def policy_loss(cfg: LossConfig, pairs_per_chosen_token: float | None, rows: ScoredRows, token_ce: torch.Tensor):
     """dTRPO (or a peer objective) from the vocab-parallel per-token cross-entropy."""
-    loss, report = dtrpo_loss(sequence_logps(rows, token_ce), rows.ref_sums, rows.response_lengths, cfg)
+    loss, report = dtrpo_loss(sequence_logps(rows, token_ce), rows.ref_sums, rows.response_lengths, cfg, pairs_per_chosen_token)
     return _megatron(rows, loss, report)
 
 
-def sft_loss(rows: ScoredRows, token_ce: torch.Tensor):
-    loss, report = masked_diffusion_loss(sequence_logps(rows, token_ce), rows.response_lengths)
+def sft_loss(convention: SFTConvention, per_unit: float | None, rows: ScoredRows, token_ce: torch.Tensor):
+    """Masked-diffusion SFT by the family's convention; `per_unit`: `sequences_per_unit` of the step."""
+    loss, report = masked_diffusion_loss(sequence_logps(rows, token_ce), rows.response_lengths, convention.normalizer, per_unit)
     return _megatron(rows, loss, report)
 
 

@@ -10,6 +10,8 @@ Two products, both keyed by what decides them and refused by training when the k
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -18,6 +20,7 @@ from megatron.core import parallel_state
 
 from dtrpo_mega.data.keyed import save_keyed
 from dtrpo_mega.diffusion.scoring import exact_rows, logit_index, scoring_row
+from dtrpo_mega.diffusion.spec import ScoringLayout
 from dtrpo_mega.rows import ScoredRows, ScoredSample
 from dtrpo_mega.training.reference import ResidentReference
 from dtrpo_mega.training.setup import Run, build_reference_model, confidence_key, reference_key, setup_run
@@ -70,6 +73,7 @@ def precompute_confidence(run: Run, out) -> None:
     key = confidence_key(run)
     model = build_reference_model(run).eval()
     model_cfg, found = run.model_config, []
+    one_pass = dataclasses.replace(run.rows, layout=ScoringLayout.ONE_PASS)  # the decoder's first look at each block
     for idx in _my_pairs(run):
         pairs = [run.dataset[int(i)] for i in idx]
         per_pair, where = [], []
@@ -78,15 +82,16 @@ def precompute_confidence(run: Run, out) -> None:
             for seq in run.rows.sequences(pair):
                 steps = np.where(np.arange(len(seq.tokens)) >= seq.prompt_len, 0, -1)
                 row = exact_rows(seq.tokens, steps, model_cfg.mask_token_id)[0]
-                per_pair[-1].append(ScoredSample(*scoring_row(seq.tokens, row, seq.prompt_len, model_cfg), seq.role))
+                per_pair[-1].append(ScoredSample(*scoring_row(seq.tokens, row, seq.prompt_len, model_cfg.diffusion), seq.role))
                 where.append(seq)
-        rows = run.rows.row_per_sample(pairs, per_pair, epoch=0)
+        rows = one_pass.row_per_sample(pairs, per_pair, epoch=0)
         with torch.no_grad():
             reports = forward_backward(model, [rows], _token_logps_loss, forward_only=True)
         for report in reports:
             for r, seq in enumerate(where):
                 n = len(seq.tokens)
-                conf = [float(report["token_logps"][r, logit_index(j, n, seq.prompt_len, model_cfg.block_size, model_cfg.logits_shift)]) for j in range(seq.prompt_len, n)]
+                conf = [float(report["token_logps"][r, logit_index(j, n, seq.prompt_len, model_cfg.diffusion)])
+                        for j in range(seq.prompt_len, seq.revealed_length)]
                 found.append((seq.index, seq.role, conf))
     gathered = _gather_on_rank0(found)
     if gathered is not None:

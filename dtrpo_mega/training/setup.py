@@ -19,10 +19,11 @@ from dtrpo_mega.checkpointing import load_model, read_model_config
 from dtrpo_mega.config import ReferenceMode, TrainConfig
 from dtrpo_mega.data import PreferenceDataset
 from dtrpo_mega.diffusion.scoring import Objective
+from dtrpo_mega.diffusion.spec import BlockAlignment, LastBlock, ScoringLayout
 from dtrpo_mega.diffusion.trajectory import RevealOrder
 from dtrpo_mega.models.config import DLLMConfig
 from dtrpo_mega.models.dllm import build_model
-from dtrpo_mega.models.families import model_config
+from dtrpo_mega.models.families import get_family, model_config
 from dtrpo_mega.parallel.runtime import ParallelConfig, Runtime, initialize
 from dtrpo_mega.rows import ConfidenceTable, RowBuilder, ScoredRows
 from dtrpo_mega.training.batches import DataOrder
@@ -64,10 +65,14 @@ def setup_run(cfg: TrainConfig) -> Run:
         raise ValueError(f"data.path={cfg.data.path} holds {dataset.kind} examples, but objective.name={cfg.objective.name.value} "
                          "needs preference pairs (objective.name=sft trains on prompt-completion data)")
     bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else torch.cuda.is_available()
-    if cfg.data.packing:
-        check_pairs_fit(dataset, model_cfg, cfg)
     pad = math.lcm(cfg.data.pad_to_multiple, 2 * runtime.cp) if runtime.cp > 1 else cfg.data.pad_to_multiple
-    rows = RowBuilder(model_cfg, cfg.scheduler, cfg.objective.name, cfg.train.seed, cfg.objective.vrpo_samples, pad)
+    tokenizer = dataset.metadata["tokenizer"]
+    rows = RowBuilder(model_cfg, cfg.scheduler, cfg.objective.name, cfg.train.seed, cfg.objective.vrpo_samples, pad,
+                      layout=cfg.objective.layout(model_cfg.family), sft=cfg.objective.sft(model_cfg.family),
+                      last_block=cfg.data.last_block_rule(get_family(model_cfg.family).last_block),
+                      end_of_turn_id=tokenizer.get("end_of_turn_id"), fill_id=tokenizer.get("fill_id"))
+    if cfg.data.packing:
+        check_pairs_fit(dataset, rows, cfg)
     order = DataOrder(len(dataset), cfg.train.global_batch_size, cfg.train.seed)
     run = Run(cfg, runtime, model_cfg, dataset, rows, order, torch.bfloat16 if bf16 else torch.float32)
     if cfg.scheduler.order == RevealOrder.REF_CONFIDENCE:
@@ -75,17 +80,27 @@ def setup_run(cfg: TrainConfig) -> Run:
     return run
 
 
-def check_pairs_fit(dataset: PreferenceDataset, model: DLLMConfig, cfg: TrainConfig) -> None:
+def check_pairs_fit(dataset: PreferenceDataset, rows: RowBuilder, cfg: TrainConfig) -> None:
     """Refuse before training a packing budget below the longest pair's rows (objectives with a
-    fixed number of rows per sequence; exact_trajectory's depends on the trajectory and is
-    checked when a pair is packed)."""
-    rows = {Objective.VRPO: cfg.objective.vrpo_samples, Objective.EXACT_TRAJECTORY: None}.get(cfg.objective.name, 1)
-    if rows is None or len(dataset) == 0:
+    fixed number of one-pass rows per sequence; exact_trajectory's and per-block rows' count depends
+    on the trajectory and is checked when a pair is packed)."""
+    per_sequence = {Objective.VRPO: cfg.objective.vrpo_samples, Objective.EXACT_TRAJECTORY: None}.get(cfg.objective.name, 1)
+    if per_sequence is None or rows.layout == ScoringLayout.PER_BLOCK or len(dataset) == 0:
         return
+    spec = rows.model.diffusion
     a, b, c, d = (dataset.bounds[:, i].astype(np.int64) for i in range(4))
-    prompt, start = b - a, (b - a) // model.block_size * model.block_size
-    sample = lambda response: 2 * (prompt + response) - start  # noqa: E731  # [z~ ; y0] of one sequence
-    tokens = rows * (sample(c - b) + (sample(d - c) if cfg.objective.name.is_preference else 0))
+    prompt = b - a
+    origin = prompt % spec.block_size if spec.block_alignment == BlockAlignment.PROMPT_END else np.zeros_like(prompt)
+    start = origin + (prompt - origin) // spec.block_size * spec.block_size
+
+    def sample(first: np.ndarray, end: np.ndarray) -> np.ndarray:  # [z~ ; y0] of one sequence, its last block completed
+        length = end - first
+        completes = (rows.last_block != LastBlock.CUT) & (dataset.steps is None) & (length > 0)
+        completes &= np.asarray(dataset.tokens[np.maximum(end - 1, 0)]) == rows.end_of_turn_id
+        n = prompt + length + np.where(completes, -(prompt + length - origin) % spec.block_size, 0)
+        return 2 * n - start
+
+    tokens = per_sequence * (sample(b, c) + (sample(c, d) if cfg.objective.name.is_preference else 0))
     longest = int(tokens.argmax())
     if tokens[longest] > cfg.train.micro_batch_tokens:
         raise ValueError(f"train.micro_batch_tokens={cfg.train.micro_batch_tokens} is smaller than pair {longest} of {cfg.data.path}, "
@@ -124,6 +139,8 @@ def reference_key(run: Run) -> dict:
         "scheduler": {k: getattr(v, "value", v) for k, v in dataclasses.asdict(run.cfg.scheduler).items()},
         "objective": run.cfg.objective.name.value,
         "vrpo_samples": run.cfg.objective.vrpo_samples if run.cfg.objective.name == Objective.VRPO else None,
+        "scoring": run.rows.layout.value,
+        "last_block": run.rows.last_block.value,
         "model": model,
         "reference_weights": reference_weights_id(run),
     }
@@ -132,7 +149,7 @@ def reference_key(run: Run) -> dict:
 def confidence_key(run: Run) -> dict:
     """What decides the reference confidences: not the seed, scheduler or objective."""
     key = reference_key(run)
-    for decided_elsewhere in ("seed", "scheduler", "objective", "vrpo_samples"):
+    for decided_elsewhere in ("seed", "scheduler", "objective", "vrpo_samples", "scoring"):
         key.pop(decided_elsewhere)
     return key
 

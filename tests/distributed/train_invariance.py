@@ -10,7 +10,6 @@ pieces. Rows are compared where they are whole (CP=1).
 
 import hashlib
 import sys
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,8 +20,7 @@ from megatron.core import parallel_state
 from common import assert_grads_match, load_weights, save_grads, save_weights
 from dtrpo_mega.config import load_config
 from dtrpo_mega.parallel.grads import finalize_grads
-from dtrpo_mega.training.loop import micro_batches_of
-from dtrpo_mega.training.objectives import policy_loss
+from dtrpo_mega.training.loop import micro_batches_of, step_loss
 from dtrpo_mega.training.metrics import reduce_reports
 from dtrpo_mega.training.reference import ResidentReference
 from dtrpo_mega.training.setup import build_policy, build_reference_model, setup_run
@@ -77,7 +75,7 @@ def main():
         reference = ResidentReference(reference_model)
         micro = reference.with_reference(micro_batches_of(run, step=3))
         policy.zero_grad()
-        reports = forward_backward(policy, micro, partial(policy_loss, cfg.loss))
+        reports = forward_backward(policy, micro, step_loss(run, micro))
         finalize_grads(policy, num_units=cfg.train.global_batch_size)
 
         if cp == 1:
