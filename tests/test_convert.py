@@ -373,3 +373,20 @@ def test_command_line(sources, tmp_path):
     refused = subprocess.run([*tool, "import", "--hf", str(hf_dir), "--out", str(tmp_path / "o"), "--tp", "3", "--mask-token-id", "249"],
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "TP=3 does not divide num_attention_heads=4" in refused.stderr
+
+
+@pytest.mark.parametrize("family", ["fast_dllm_v2", "sdar", "llada", "dream"])
+def test_random_checkpoint_tool_writes_each_familys_own_format(world_of_one, tmp_path, family):
+    """tools/make_random_hf_checkpoint.py: the family's preset in its own config.json and weight names."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_random", REPO / "tools" / "make_random_hf_checkpoint.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.main(["--out", str(tmp_path / "hf"), "--family", family, "--size", "tiny", "--dtype", "fp32"])
+    cfg = import_hf(tmp_path / "hf", tmp_path / "megatron", log=lambda *_: None)
+    expected = model_config(family, "tiny")
+    assert cfg.family == family
+    for name in ("vocab_size", "hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads", "num_query_groups",
+                 "head_dim", "qkv_bias", "qk_norm", "tie_embeddings", "mask_token_id", "attention", "block_alignment", "logits_shift"):
+        assert getattr(cfg, name) == getattr(expected, name), name

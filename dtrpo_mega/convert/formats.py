@@ -96,18 +96,26 @@ def dllm_config(fmt: SourceFormat, hf_config: dict, family: str | None = None, m
                                          "block_size": block, "sub_block_size": sub_block})
 
 
+def source_config(fmt: SourceFormat, cfg: DLLMConfig, dtype: str) -> dict:
+    """The config.json of `cfg` in a source format (the inverse of `dllm_config`)."""
+    if fmt.write_structure is not None:
+        structure = fmt.write_structure(cfg)
+    else:
+        structure = dict(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
+            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_query_groups,
+            head_dim=cfg.head_dim, hidden_act="silu", rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
+            tie_word_embeddings=cfg.tie_embeddings, max_position_embeddings=cfg.max_position_embeddings, attention_bias=False,
+        )
+    block = {fmt.block_size_key: cfg.block_size} if fmt.block_size_key else {}
+    return dict(architectures=list(fmt.architectures), model_type=fmt.model_types[0], **structure, **block, torch_dtype=dtype,
+                mask_token_id=cfg.mask_token_id)
+
+
 def synthesized_hf_config(cfg: DLLMConfig, dtype: str) -> tuple[SourceFormat, dict]:
     """A plain transformers config.json for a checkpoint with no source (born in training):
     Qwen3 with q/k norms, Qwen2 with q/k/v biases, else Llama; dLLM fields are kept beside it."""
     if cfg.qk_norm and cfg.qkv_bias:
         raise ValueError("no plain transformers architecture has both q/k norms and q/k/v-only biases")
     fmt = FORMATS["qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "llama"]
-    config = dict(
-        architectures=list(fmt.architectures), model_type=fmt.model_types[0], vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_query_groups, head_dim=cfg.head_dim,
-        hidden_act="silu", rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
-        max_position_embeddings=cfg.max_position_embeddings, attention_bias=False, torch_dtype=dtype,
-        mask_token_id=cfg.mask_token_id, block_size=cfg.block_size, dllm_family=cfg.family,
-    )
-    return fmt, config
+    return fmt, {**source_config(fmt, cfg, dtype), "block_size": cfg.block_size, "dllm_family": cfg.family}

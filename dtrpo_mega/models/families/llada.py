@@ -63,6 +63,16 @@ def read_structure(c: dict) -> dict:
     )
 
 
+def write_structure(cfg) -> dict:
+    """The OLMo-style config.json fields of a DLLMConfig (the inverse of `read_structure`)."""
+    return dict(
+        d_model=cfg.hidden_size, n_heads=cfg.num_attention_heads, n_kv_heads=cfg.num_query_groups, n_layers=cfg.num_layers,
+        mlp_hidden_size=cfg.ffn_hidden_size, vocab_size=cfg.vocab_size, embedding_size=cfg.vocab_size, rope_theta=cfg.rope_theta,
+        rms_norm_eps=cfg.norm_eps, include_qkv_bias=cfg.qkv_bias, weight_tying=cfg.tie_embeddings,
+        max_sequence_length=cfg.max_position_embeddings, block_type="llama", layer_norm_type="rms", activation_type="silu", rope=True,
+    )
+
+
 FAMILY = Family(
     name="llada",
     traits=dict(mask_token_id=126336, block_size=32, sub_block_size=32, attention=MaskVariant.BIDIRECTIONAL,
@@ -73,7 +83,8 @@ FAMILY = Family(
     },
     tiny_blocks=dict(block_size=8, sub_block_size=8),
     chat=LLAMA3_CHAT,
-    formats=(SourceFormat("llada", ("LLaDAModelLM",), ("llada",), "llada", WEIGHT_NAMES, read_structure=read_structure),),
+    formats=(SourceFormat("llada", ("LLaDAModelLM",), ("llada",), "llada", WEIGHT_NAMES, read_structure=read_structure,
+                          write_structure=write_structure),),
     sft=SFTConvention(inverse_t=True, one_t=True, complementary=False, normalizer=SFTNormalizer.SEQUENCE_LENGTH),
     scoring=ScoringLayout.PER_BLOCK,
     last_block=LastBlock.FILL,

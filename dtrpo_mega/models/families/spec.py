@@ -63,6 +63,7 @@ class SourceFormat:
     qk_norm: bool = False  # Qwen3 attention: per-head RMSNorm of q and k
     block_size_key: str | None = None  # config.json field holding the block size
     read_structure: Callable[[dict], dict] | None = field(default=None, hash=False, compare=False)  # None: transformers fields
+    write_structure: Callable | None = field(default=None, hash=False, compare=False)  # its inverse, DLLMConfig -> fields
 
 
 @dataclass(frozen=True)
