@@ -224,3 +224,38 @@ def test_generate_tool_records_logged_steps(world_of_one, tmp_path, capsys):
         assert len(record["steps"]) == len(record["response_ids"]) == 10
         _, per_step = np.unique(record["steps"], return_counts=True)
         assert per_step.max() <= 2 and len(per_step) >= 5  # --tokens-per-step 2
+
+
+def _llada_generate(model, prompt, gen_length, block_length, steps):
+    """LLaDA's `generate` (ML-GSAI/LLaDA generate.py), greedy low-confidence remasking, written from
+    its description: blocks of `block_length` from the prompt's end, each block's masks split evenly
+    over `steps / num_blocks` steps (remainder first), the most confident masked tokens of the
+    current block revealed each step."""
+    cfg = model.dllm_config
+    x = torch.tensor(prompt + [cfg.mask_token_id] * gen_length)
+    p, blocks = len(prompt), gen_length // block_length
+    per_block = steps // blocks
+    for b in range(blocks):
+        start, stop = p + b * block_length, p + (b + 1) * block_length
+        masked = int((x[start:stop] == cfg.mask_token_id).sum())
+        counts = [masked // per_block + (1 if i < masked % per_block else 0) for i in range(per_block)]
+        for k in counts:
+            tokens, layout = collate([plain_sample(x)], cfg.attention, cfg.block_size, pad_id=0)
+            with torch.no_grad():
+                probs = torch.softmax(model(tokens, layout)[0, :, : cfg.vocab_size].float(), -1)
+            x0 = probs.argmax(-1)
+            confidence = probs.gather(-1, x0[:, None])[:, 0]
+            confidence[stop:] = float("-inf")
+            confidence = torch.where(x == cfg.mask_token_id, confidence, torch.tensor(float("-inf")))
+            chosen = torch.topk(confidence, k).indices
+            x[chosen] = x0[chosen]
+    return x[p:].tolist()
+
+
+def test_llada_decoding_equals_its_own_generate(world_of_one):
+    """A 10-token prompt and blocks of 8: LLaDA's blocks start at the prompt's end (absolute blocks would differ)."""
+    model = _model("llada")
+    prompt = _prompt(10, 21)
+    expected = _llada_generate(model, prompt, gen_length=16, block_length=8, steps=8)
+    _, (gen,), _, _ = _run("llada", [prompt], tokens_per_step=2, max_new_tokens=16, stop_at_end_of_turn=False)
+    assert gen.tokens + gen.tail == expected
