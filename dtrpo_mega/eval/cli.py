@@ -9,13 +9,14 @@ import torch
 
 from dtrpo_mega.diffusion.sampler import DecodeConfig, Sampler
 from dtrpo_mega.eval.model import PromptRenderer, family_sampler, load_for_decoding
+from dtrpo_mega.models.families import get_family
 
 
 def add_decoder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="dtrpo checkpoint (model folder / iter_* / training root) or Hugging Face folder")
     parser.add_argument("--tokenizer", required=True, help="tokenizer.json, tokenizer.model, or a folder holding one")
-    parser.add_argument("--threshold", type=float, default=0.9, help="reveal every position above this confidence")
-    parser.add_argument("--tokens-per-step", type=int, help="fixed reveals per step instead of the threshold (SDAR, LLaDA)")
+    parser.add_argument("--threshold", type=float, help="reveal every position above this confidence (default: the family's rule)")
+    parser.add_argument("--tokens-per-step", type=int, help="fixed reveals per step instead of the threshold (default: the family's rule)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -39,7 +40,9 @@ def build_decoder(args: argparse.Namespace) -> Decoder:
     model = load_for_decoding(args.ckpt, args.dtype, **options)
     cfg = model.dllm_config
     renderer = PromptRenderer.for_family(cfg.family, args.tokenizer, plain=args.plain)
-    decode = DecodeConfig(args.max_new_tokens, args.threshold, args.tokens_per_step, args.temperature, renderer.end_of_turn_id,
-                          kv_cache=not args.no_kv_cache)
+    rule = get_family(cfg.family).decoding  # unless either option is given
+    per_step = rule.tokens_per_step if args.threshold is None and args.tokens_per_step is None else args.tokens_per_step
+    decode = DecodeConfig(args.max_new_tokens, rule.threshold if args.threshold is None else args.threshold, per_step,
+                          args.temperature, renderer.end_of_turn_id, kv_cache=not args.no_kv_cache)
     sampler = family_sampler(model, decode)
     return Decoder(sampler, renderer, torch.Generator().manual_seed(args.seed), args.batch_size)

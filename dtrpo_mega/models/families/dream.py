@@ -16,7 +16,7 @@
 
 from dtrpo_mega.diffusion.mask import MaskVariant
 from dtrpo_mega.diffusion.spec import BlockAlignment, LastBlock, ScoringLayout, SFTConvention, SFTNormalizer
-from dtrpo_mega.models.families.spec import TRANSFORMERS_NAMES, ChatTemplate, Family, Size, SourceFormat
+from dtrpo_mega.models.families.spec import Decoding, TRANSFORMERS_NAMES, ChatTemplate, Family, Size, SourceFormat
 
 DREAM_CHATML = ChatTemplate(
     name="dream_chatml",
@@ -42,5 +42,6 @@ FAMILY = Family(
     scoring=ScoringLayout.PER_BLOCK,
     last_block=LastBlock.FILL,
     stops_at_end_of_turn=False,
+    decoding=Decoding(tokens_per_step=1),  # steps = max_new_tokens in its examples: one token a step
     sources=("DreamLM/Dream @fac0a7f", "DreamLM/Dream-Coder @87409da instruct/src/trainer/", "NVlabs/Fast-dLLM dream/model/"),
 )

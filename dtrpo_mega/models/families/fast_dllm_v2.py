@@ -20,6 +20,7 @@ Efficient-Large-Model/Fast_dLLM_v2_7B): Qwen2.5 Instruct turned into a block-dif
 from dtrpo_mega.diffusion.mask import MaskVariant
 from dtrpo_mega.diffusion.spec import BlockAlignment, FirstTokenRule, LastBlock, SFTConvention, SFTNormalizer
 from dtrpo_mega.models.families.spec import (
+    Decoding,
     TRANSFORMERS_NAMES,
     ChatTemplate,
     Family,
@@ -54,5 +55,6 @@ FAMILY = Family(
     sft=SFTConvention(inverse_t=False, one_t=False, complementary=True, normalizer=SFTNormalizer.RESPONSE_TOKENS,
                       first_token=FirstTokenRule.NOISY),
     last_block=LastBlock.MASK,
+    decoding=Decoding(threshold=0.9),  # eval.py: threshold 0.9 in sub-blocks of 8
     sources=("NVlabs/Fast-dLLM v2/ @6cf2722", "Efficient-Large-Model/Fast_dLLM_v2_7B modeling.py, chat_template.jinja"),
 )

@@ -15,7 +15,7 @@
 
 from dtrpo_mega.diffusion.mask import MaskVariant
 from dtrpo_mega.diffusion.spec import BlockAlignment, LastBlock, ScoringLayout, SFTConvention, SFTNormalizer
-from dtrpo_mega.models.families.spec import ChatTemplate, Family, Size, SourceFormat, reject_features
+from dtrpo_mega.models.families.spec import Decoding, ChatTemplate, Family, Size, SourceFormat, reject_features
 
 LLAMA3_CHAT = ChatTemplate(
     name="llada_llama3",
@@ -89,5 +89,6 @@ FAMILY = Family(
     scoring=ScoringLayout.PER_BLOCK,
     last_block=LastBlock.FILL,
     stops_at_end_of_turn=False,
+    decoding=Decoding(tokens_per_step=1),  # generate.py's examples: steps = gen_length, one token a step
     sources=("ML-GSAI/LLaDA @b7e6c35: generate.py, GUIDELINES.md, chat.py",),
 )

@@ -20,7 +20,7 @@
 from dtrpo_mega.diffusion.mask import MaskVariant
 from dtrpo_mega.diffusion.spec import BlockAlignment
 from dtrpo_mega.diffusion.spec import LastBlock, SFTConvention, SFTNormalizer
-from dtrpo_mega.models.families.spec import TRANSFORMERS_NAMES, ChatTemplate, Family, Size, SourceFormat
+from dtrpo_mega.models.families.spec import Decoding, TRANSFORMERS_NAMES, ChatTemplate, Family, Size, SourceFormat
 
 QWEN3_CHATML = ChatTemplate(
     name="sdar_chatml",
@@ -50,5 +50,6 @@ FAMILY = Family(
     formats=(SourceFormat("sdar", ("SDARForCausalLM",), ("sdar",), "sdar", TRANSFORMERS_NAMES, qk_norm=True, block_size_key="block_size"),),
     sft=SFTConvention(inverse_t=True, one_t=True, complementary=False, normalizer=SFTNormalizer.RESPONSE_TOKENS),
     last_block=LastBlock.FILL,
+    decoding=Decoding(threshold=0.9),  # generate.py's low_confidence_dynamic with 4 steps a block of 4: every token above the threshold, else the most confident one
     sources=("JetAstra/SDAR @c2041a8: generate.py, training/model/SDAR-4B-Chat/, training/llama_factory_sdar/",),
 )

@@ -67,6 +67,15 @@ class SourceFormat:
 
 
 @dataclass(frozen=True)
+class Decoding:
+    """A family's default reveal rule: every position above `threshold` (at least one), or a fixed
+    `tokens_per_step`."""
+
+    threshold: float = 0.9
+    tokens_per_step: int | None = None
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     traits: dict  # DLLMConfig fields every size shares (layout, attention, mask token, blocks, shift, rope)
@@ -78,6 +87,7 @@ class Family:
     scoring: ScoringLayout = ScoringLayout.ONE_PASS  # default layout of trajectory rows
     last_block: LastBlock = LastBlock.CUT  # default for data without logged trajectories
     stops_at_end_of_turn: bool = True  # the decoder stops after the block holding end-of-turn
+    decoding: Decoding = Decoding()
     sources: tuple[str, ...] = ()  # the public code the conventions above come from
 
 
