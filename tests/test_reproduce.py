@@ -40,9 +40,10 @@ def test_reproduction_runs_end_to_end_and_resumes(tmp_path):
         assert all(0.0 <= m["accuracy"] <= 1.0 and m["train_seconds"] > 0 for m in methods.values())
         pairs = [json.loads(line) for line in (out / f"seed{seed}" / "pairs.jsonl").read_text().splitlines()]
         assert len(pairs) == result["pairs"]["pairs"] >= 4
-        for p in pairs:  # chosen verified correct, rejected incorrect, one reveal step per token (+ end-of-turn)
+        for p in pairs:  # chosen verified correct, rejected incorrect, a reveal step per token, end-of-turn and decoded tail
             assert SortingTask.answer(p["prompt"]) == p["chosen"] != p["rejected"]
-            assert len(p["chosen_steps"]) == len(p["chosen"].split()) + 1 and len(p["rejected_steps"]) == len(p["rejected"].split()) + 1
+            for role in ("chosen", "rejected"):
+                assert len(p[f"{role}_steps"]) == len(p[role].split()) + 1 + len(p[f"{role}_tail"])
     text = report.read_text()
     for label in ("| dTRPO |", "| VRPO (n=8) |", "| exact trajectory |", "| DPO, mean-field likelihood |"):
         assert label in text
