@@ -459,5 +459,5 @@ def test_cli_prints_counts_and_fingerprint(tmp_path, tokenizers, capsys):
     fingerprint = PreferenceDataset.open(tmp_path / "out").fingerprint
     assert "read=3 kept=2 truncated=0 dropped=1" in out and fingerprint in out
     write_jsonl(data, [GOOD, "{oops"])
-    assert _tool().main(args) == 1
+    assert _tool().main(args) == 2
     assert f"error: {data}:2: malformed JSON" in capsys.readouterr().err

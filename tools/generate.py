@@ -14,6 +14,10 @@ blocks; --no-kv-cache recomputes them each step instead (the same logits, slower
 (the reveal step of each response token, end-of-turn included, then of each tail slot: a
 `chosen_steps` / `rejected_steps` list), `ended`, and `retokenizes` (the response text tokenizes
 back to exactly `response_ids`; only then do the steps line up with a preprocessed copy of the text).
+Bad input prints one `error: ...` line and exits with status 2, before any generation: a prompts
+line that is not `{"prompt": ...}` (named FILE:LINE), a prompt that renders to no tokens (an empty
+--plain prompt without a BOS in the template; named `--prompt N`), a tokenizer with more tokens
+than the model's vocab_size.
 """
 
 from __future__ import annotations
@@ -21,18 +25,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
-def _prompts(args) -> list:
-    from dtrpo_mega.data import Message
+def _prompts(args) -> list[tuple[str, object]]:
+    """(where, prompt) of every prompt: `--prompt N`, or `FILE:LINE` of --prompts."""
+    from dtrpo_mega.data.records import read_prompts
 
     if args.prompts:
-        lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()
-        raw = [json.loads(line)["prompt"] for line in lines if line.strip()]
-    else:
-        raw = args.prompt
-    return [p if isinstance(p, str) else tuple(Message(m["role"], m["content"]) for m in p) for p in raw]
+        return read_prompts(args.prompts)
+    return [(f"--prompt {i}", p) for i, p in enumerate(args.prompt, start=1)]
+
+
+def _render(decoder, labelled: list) -> tuple[list, list[list[int]]]:
+    """The prompts and their token ids, each problem naming its prompt."""
+    prompts, ids = [], []
+    for where, prompt in labelled:
+        try:
+            ids.append(decoder.renderer.ids(prompt))
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        prompts.append(prompt)
+    return prompts, ids
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,15 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record-trajectory", help="JSONL file for generations with their reveal steps")
     args = parser.parse_args(argv)
     try:
-        prompts = _prompts(args)
+        labelled = _prompts(args)
         decoder = build_decoder(args)
-    except (ValueError, FileNotFoundError, KeyError, json.JSONDecodeError) as error:
+        prompts, prompt_ids = _render(decoder, labelled)
+    except (ValueError, OSError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     renderer, records, tokens, passes, seconds = decoder.renderer, [], 0, 0, 0.0
     for start in range(0, len(prompts), decoder.batch_size):
         batch = prompts[start : start + decoder.batch_size]
-        generations, stats = decoder.sampler.generate([renderer.ids(p) for p in batch], decoder.generator)
+        generations, stats = decoder.sampler.generate(prompt_ids[start : start + decoder.batch_size], decoder.generator)
         tokens, passes, seconds = tokens + stats.new_tokens, passes + stats.forward_passes, seconds + stats.seconds
         for prompt, gen in zip(batch, generations):
             text = renderer.text(gen.tokens)

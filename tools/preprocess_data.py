@@ -6,7 +6,8 @@
 TOKENIZER: a SentencePiece `.model` file, a Hugging Face `tokenizer.json`, or a model folder
 holding one. Writes OUTPUT.bin, OUTPUT.idx.npy, OUTPUT.json (and OUTPUT.steps.bin for data with
 logged reveal steps), then prints the counts and the data fingerprint. Set `data.path=OUTPUT`
-in the training config.
+in the training config. Bad input (a missing or unreadable file, a malformed line, bad settings)
+prints one `error: ...` line naming the file (and line) and exits with status 2.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         counts = build_preference_dataset(args.input, args.tokenizer, args.family, args.output, args.max_length,
                                           args.overlong, args.block_size)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # bad input (file:line named), a missing or unreadable file
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     dataset = PreferenceDataset.open(args.output)
     print(" ".join(f"{name}={value}" for name, value in counts.items()))
     print(f"wrote {args.output}: {len(dataset)} {dataset.kind} examples, {dataset.metadata['num_tokens']} tokens, fingerprint {dataset.fingerprint}")

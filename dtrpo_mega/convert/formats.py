@@ -7,6 +7,10 @@ told otherwise: qwen2 -> fast_dllm_v2 (Fast-dLLM v2 starts from Qwen2.5), qwen3 
 starts from Qwen3), llama -> llada (LLaDA is LLaMA-shaped). The original architecture is kept for
 export. They have no mask token, so `--mask-token-id` names one (Fast-dLLM v2 and SDAR use the
 first unused embedding row of their base vocabulary).
+
+A config.json is checked before it is read: a missing required field, a size or count that is not
+a positive integer (a string, a list, a bool, zero, negative), and the like are a ValueError
+naming the file and the field, never a KeyError / TypeError / ZeroDivisionError from deep inside.
 """
 
 from __future__ import annotations
@@ -23,12 +27,81 @@ PLAIN_FORMATS = (
 FORMATS: dict[str, SourceFormat] = {f.name: f for f in (*source_formats(), *PLAIN_FORMATS)}
 
 
+# config.json fields holding a size or a count (transformers names, then LLaDA's OLMo-style ones):
+# a positive integer when present; null stands for an absent optional field.
+SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+               "head_dim", "max_position_embeddings", "d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size",
+               "embedding_size", "max_sequence_length")
+NUMBER_FIELDS = ("rope_theta", "rms_norm_eps", "mlp_ratio")  # positive numbers
+STRUCTURE_SIZES = ("vocab_size", "hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads", "num_query_groups",
+                   "head_dim", "max_position_embeddings")  # DLLMConfig fields read from those
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _field_error(where, name: str, value, want: str) -> ValueError:
+    return ValueError(f"{where}: field {name!r} must be {want}, got {value!r:.80}")
+
+
+class _Fields(dict):
+    """A config.json whose missing (or null) required field is a ValueError naming the file and the
+    field; `get` stays as it is for the optional ones."""
+
+    def __init__(self, config: dict, where, fmt: str):
+        super().__init__(config)
+        self.where, self.fmt = where, fmt
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        if value is None:
+            raise ValueError(f"{self.where}: required field {key!r} is null (a {self.fmt} config.json)")
+        return value
+
+    def __missing__(self, key):
+        raise ValueError(f"{self.where}: missing required field {key!r} (a {self.fmt} config.json)")
+
+
+def check_fields(config: dict, where="config.json", fmt: SourceFormat | None = None) -> None:
+    """Raise, naming the file and the field, on a config.json value of the wrong type or range."""
+    architectures = config.get("architectures")
+    if architectures is not None and not (isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)):
+        raise _field_error(where, "architectures", architectures, "a list of names")
+    for name in SIZE_FIELDS:
+        value = config.get(name)
+        if value is not None and not (_is_int(value) and value > 0):
+            raise _field_error(where, name, value, "a positive integer")
+    for name in NUMBER_FIELDS:
+        value = config.get(name)
+        if value is not None and not (_is_number(value) and value > 0):
+            raise _field_error(where, name, value, "a positive number")
+    for name in ("rope_scaling", "rope_parameters"):
+        value = config.get(name)
+        if value is not None and not isinstance(value, dict):
+            raise _field_error(where, name, value, "an object or null")
+        theta = (value or {}).get("rope_theta")
+        if theta is not None and not (_is_number(theta) and theta > 0):
+            raise _field_error(where, f"{name}.rope_theta", theta, "a positive number")
+    mask = config.get("mask_token_id")
+    if mask is not None and not (_is_int(mask) and mask >= 0):
+        raise _field_error(where, "mask_token_id", mask, "a non-negative integer")
+    block = config.get(fmt.block_size_key) if fmt is not None and fmt.block_size_key else None
+    if block is not None and not (_is_int(block) and block > 0):
+        raise _field_error(where, fmt.block_size_key, block, "a positive integer")
+
+
 def supported() -> str:
     return ", ".join(f"{f.name} ({'/'.join(f.architectures)})" for f in FORMATS.values())
 
 
-def detect(config: dict) -> tuple[SourceFormat, str]:
+def detect(config: dict, where="config.json") -> tuple[SourceFormat, str]:
     """The format of a config.json, and why (from `architectures`, else `model_type`)."""
+    check_fields(config, where)
     architectures = config.get("architectures") or []
     model_type = str(config.get("model_type", "")).lower()
     for fmt in FORMATS.values():
@@ -49,7 +122,7 @@ def get_format(name: str) -> SourceFormat:
     return FORMATS[name]
 
 
-def _hf_structure(fmt: SourceFormat, c: dict) -> dict:
+def _hf_structure(fmt: SourceFormat, c: dict, where="config.json") -> dict:
     rope = c.get("rope_scaling") or c.get("rope_parameters") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     problems = []
@@ -60,7 +133,7 @@ def _hf_structure(fmt: SourceFormat, c: dict) -> dict:
     if c.get("attention_bias") and not fmt.qkv_bias:
         problems.append("attention_bias=true (it adds an o_proj bias)")
     problems += [f"{flag}=true" for flag in ("mlp_bias", "use_sliding_window") if c.get(flag)]
-    reject_features(problems, f"config.json ({fmt.name})")
+    reject_features(problems, f"{where} ({fmt.name})")
     heads = c["num_attention_heads"]
     return dict(
         vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], ffn_hidden_size=c["intermediate_size"],
@@ -74,26 +147,51 @@ def _hf_structure(fmt: SourceFormat, c: dict) -> dict:
     )
 
 
-def dllm_config(fmt: SourceFormat, hf_config: dict, family: str | None = None, mask_token_id: int | None = None) -> DLLMConfig:
-    """The DLLMConfig of a source config.json: structure from the file, dLLM traits from the family."""
-    structure = fmt.read_structure(hf_config) if fmt.read_structure else _hf_structure(fmt, hf_config)
+def _read_structure(fmt: SourceFormat, hf_config: dict, where) -> dict:
+    """The format's structure fields, every problem a ValueError naming the file."""
+    fields = _Fields(hf_config, where, fmt.name)
+    try:
+        structure = fmt.read_structure(fields) if fmt.read_structure else _hf_structure(fmt, fields, where)
+    except ValueError as err:
+        if str(err).startswith(str(where)):
+            raise
+        raise ValueError(f"{where}: {err}") from None
+    except (TypeError, ArithmeticError, AttributeError, KeyError) as err:
+        raise ValueError(f"{where}: cannot read the {fmt.name} model structure ({type(err).__name__}: {err})") from None
+    for name in STRUCTURE_SIZES:
+        value = structure.get(name)
+        if value is not None and not (_is_int(value) and value > 0):
+            raise ValueError(f"{where}: its {fmt.name} fields give {name}={value!r}, which must be a positive integer")
+    return structure
+
+
+def dllm_config(fmt: SourceFormat, hf_config: dict, family: str | None = None, mask_token_id: int | None = None,
+                where="config.json") -> DLLMConfig:
+    """The DLLMConfig of a source config.json: structure from the file, dLLM traits from the family.
+
+    `where` (the file's path) starts every error message."""
+    check_fields(hf_config, where, fmt)
+    structure = _read_structure(fmt, hf_config, where)
     family = family or fmt.family
     traits = get_family(family).traits
     if mask_token_id is None:
         mask_token_id = hf_config.get("mask_token_id")
     if mask_token_id is None and fmt.name not in FAMILIES:
-        raise ValueError(f"a plain {fmt.name} checkpoint has no mask token: pass --mask-token-id (an unused row of its vocabulary)")
+        raise ValueError(f"{where}: a plain {fmt.name} checkpoint has no mask token: pass --mask-token-id (an unused row of its vocabulary)")
     if mask_token_id is None:
         mask_token_id = traits["mask_token_id"]
     if not 0 <= mask_token_id < structure["vocab_size"]:
         raise ValueError(
-            f"mask token id {mask_token_id} is outside the vocabulary of {structure['vocab_size']} "
+            f"{where}: mask token id {mask_token_id} is outside the vocabulary of {structure['vocab_size']} "
             "(config.json has no usable mask_token_id); pass --mask-token-id"
         )
     block = (hf_config.get(fmt.block_size_key) if fmt.block_size_key else None) or traits["block_size"]
     sub_block = traits["sub_block_size"] if block % traits["sub_block_size"] == 0 else block
-    return DLLMConfig(family=family, **{**traits, **structure, "mask_token_id": mask_token_id,
-                                         "block_size": block, "sub_block_size": sub_block})
+    try:
+        return DLLMConfig(family=family, **{**traits, **structure, "mask_token_id": mask_token_id,
+                                             "block_size": block, "sub_block_size": sub_block})
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def source_config(fmt: SourceFormat, cfg: DLLMConfig, dtype: str) -> dict:

@@ -2,7 +2,9 @@
 
 Reading: `config.json` plus `*.safetensors`, single file or sharded with
 `model.safetensors.index.json`; nothing is executed (no remote code, no pickle). Each tensor is
-read through its own short-lived `safe_open`, so no file stays mapped.
+read through its own short-lived `safe_open`, so no file stays mapped. A malformed file (JSON that
+does not parse, a pickle or truncated file named `.safetensors`, a dtype we do not read) is a
+ValueError naming the file, and the tensor or field where there is one.
 Writing: size-capped safetensors shards plus the index, streamed: the shard layout is planned
 from names, shapes and dtypes up front, so each tensor's bytes go to disk as soon as it is made.
 """
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -41,31 +43,69 @@ class TensorInfo:
     dtype: torch.dtype
 
 
+def read_json_object(file: Path) -> dict:
+    """A JSON file holding one object; a ValueError naming the file when it is anything else."""
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{file}: not valid JSON (not UTF-8: {err.reason} at byte {err.start})") from None
+    except RecursionError:
+        raise ValueError(f"{file}: not valid JSON (nested too deeply)") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _not_safetensors(file: Path, err: Exception) -> ValueError:
+    try:
+        with open(file, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        head = b""
+    pickled = head[:1] == b"\x80" or head == b"PK"  # a pickle protocol opcode, or torch.save's zip archive
+    hint = "; it looks like a pickle (torch.save) file, which is never read: save it with safetensors" if pickled else ""
+    return ValueError(f"{file}: not a valid or complete safetensors file ({err}){hint}")
+
+
 class HFCheckpoint:
     """A Hugging Face checkpoint folder: its config and a lazy view of its tensors."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        config_file = self.path / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{config_file} not found: a Hugging Face checkpoint folder needs a config.json")
-        self.config: dict = json.loads(config_file.read_text())
+        self.config_file = self.path / "config.json"
+        if not self.config_file.is_file():
+            raise FileNotFoundError(f"{self.config_file} not found: a Hugging Face checkpoint folder needs a config.json")
+        self.config: dict = read_json_object(self.config_file)
 
     @functools.cached_property
     def tensors(self) -> dict[str, TensorInfo]:
         """Name -> file, shape and dtype of every tensor (from the files' headers)."""
         tensors = {}
         for file in self._files():
-            with safe_open(file, framework="pt") as f:
-                for name in f.keys():
-                    view = f.get_slice(name)
-                    tensors[name] = TensorInfo(file, tuple(view.get_shape()), DTYPES_BY_NAME[view.get_dtype()])
+            try:
+                with safe_open(file, framework="pt") as f:
+                    headers = [(name, f.get_slice(name)) for name in f.keys()]
+                    headers = [(name, tuple(view.get_shape()), view.get_dtype()) for name, view in headers]
+            except SafetensorError as err:
+                raise _not_safetensors(file, err) from None
+            for name, shape, dtype in headers:
+                if dtype not in DTYPES_BY_NAME:
+                    raise ValueError(f"{file}: tensor {name!r} has dtype {dtype}, which is not supported "
+                                     f"(supported: {', '.join(DTYPES_BY_NAME)})")
+                tensors[name] = TensorInfo(file, shape, DTYPES_BY_NAME[dtype])
         return tensors
 
     def _files(self) -> list[Path]:
         index = self.path / INDEX_FILE
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = read_json_object(index).get("weight_map")
+            if not (isinstance(weight_map, dict) and all(isinstance(f, str) for f in weight_map.values())):
+                raise ValueError(f"{index}: 'weight_map' must be an object of tensor name -> shard file")
+            for name, shard in weight_map.items():
+                if not (self.path / shard).is_file():
+                    raise FileNotFoundError(f"{index}: shard {shard} of tensor {name!r} is missing from {self.path}")
             return [self.path / f for f in sorted(set(weight_map.values()))]
         files = sorted(self.path.glob("*.safetensors"))
         if not files:
@@ -76,8 +116,11 @@ class HFCheckpoint:
 
     def read(self, name: str) -> Tensor:
         info = self.tensors[name]
-        with safe_open(info.file, framework="pt") as f:
-            return f.get_tensor(name)
+        try:
+            with safe_open(info.file, framework="pt") as f:
+                return f.get_tensor(name)
+        except SafetensorError as err:
+            raise _not_safetensors(info.file, err) from None
 
 
 def parse_size(text: str) -> int:

@@ -91,11 +91,11 @@ def plan_import(hf_dir: str | Path, family: str = "auto", tp: int = 1, pp: int =
         raise ValueError(f"unknown dtype {dtype!r}; use auto, bf16, fp16 or fp32")
     hf = HFCheckpoint(hf_dir)
     if family == "auto":
-        fmt, reason = detect(hf.config)
+        fmt, reason = detect(hf.config, hf.config_file)
         log(f"detected source format {fmt.name!r} from {reason}")
     else:
         fmt = get_format(family)
-    cfg = dllm_config(fmt, hf.config, dllm_family, mask_token_id)
+    cfg = dllm_config(fmt, hf.config, dllm_family, mask_token_id, where=hf.config_file)
     cfg.check_parallel(tp, pp)
     cfg = dataclasses.replace(cfg, padded_vocab_size=cfg.padded_vocab(tp))
     maps = name_map(fmt, cfg)

@@ -28,7 +28,7 @@ import numpy as np
 
 from dtrpo_mega.data.chat import ChatEncoder
 from dtrpo_mega.data.indexed import FORMAT, IndexedWriter, PreferencePair
-from dtrpo_mega.data.records import RESPONSES, PreferenceRecord, read_records
+from dtrpo_mega.data.records import RESPONSES, PreferenceRecord, check_jsonl_path, read_records
 from dtrpo_mega.data.tokenizer import load_tokenizer
 from dtrpo_mega.models.families import chat_template, family_names, get_family
 
@@ -129,6 +129,7 @@ def build_preference_dataset(input_jsonl: str | Path, tokenizer_path: str | Path
     The metadata's `kind` is "preference" or "completion", as the first record decides.
     """
     settings = PreprocessSettings(family, max_length, overlong, block_size)
+    check_jsonl_path(input_jsonl)
     tokenizer = load_tokenizer(tokenizer_path)
     encoder = ChatEncoder(chat_template(family), tokenizer)
     data_sha256 = file_sha256(input_jsonl)

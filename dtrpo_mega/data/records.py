@@ -14,6 +14,8 @@ Or a prompt-completion example (SFT): `{"prompt": str, "completion": str}`, or `
 messages and `completion` a list holding one assistant message; it parses as a record whose
 `chosen` is the completion and whose `rejected` is None, and carries no logged steps.
 Other keys are ignored; blank lines are skipped. Every error starts with `file:line:`.
+
+`read_prompts` reads the prompts of a generation run: a `prompt` (text or messages) per line.
 """
 
 from __future__ import annotations
@@ -58,7 +60,17 @@ class PreferenceRecord:
         return self.rejected is None
 
 
-def read_records(path: str | Path) -> Iterator[PreferenceRecord]:
+def check_jsonl_path(path: str | Path) -> None:
+    """A missing file or a directory given for a JSONL file, named."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"input {path} does not exist")
+    if Path(path).is_dir():
+        raise ValueError(f"input {path} is a directory, not a JSONL file")
+
+
+def _lines(path: str | Path) -> Iterator[tuple[str, str]]:
+    """("file:line", text) of every non-blank line."""
+    check_jsonl_path(path)
     with open(path, "rb") as file:
         for number, raw in enumerate(file, start=1):
             where = f"{path}:{number}"
@@ -67,16 +79,46 @@ def read_records(path: str | Path) -> Iterator[PreferenceRecord]:
             except UnicodeDecodeError as err:
                 raise ValueError(f"{where}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
             if line.strip():
-                yield parse_record(line, where)
+                yield where, line
 
 
-def parse_record(line: str, where: str) -> PreferenceRecord:
+def _json_object(line: str, where: str, forms: str) -> dict:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as err:
         raise ValueError(f"{where}: malformed JSON: {err.msg} at column {err.colno}") from None
+    except RecursionError:
+        raise ValueError(f"{where}: malformed JSON: nested too deeply") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__} ({FORMS})")
+        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__} ({forms})")
+    return obj
+
+
+def read_records(path: str | Path) -> Iterator[PreferenceRecord]:
+    for where, line in _lines(path):
+        yield parse_record(line, where)
+
+
+def read_prompts(path: str | Path) -> list[tuple[str, Prompt]]:
+    """("file:line", prompt) of every line: `{"prompt": str}` or `{"prompt": [messages]}`; other keys are ignored."""
+    prompts = []
+    for where, line in _lines(path):
+        obj = _json_object(line, where, "a line holds {'prompt': text or a list of messages}")
+        if "prompt" not in obj:
+            raise ValueError(f"{where}: missing key 'prompt'")
+        prompt = obj["prompt"]
+        if isinstance(prompt, list):
+            if not prompt:
+                raise ValueError(f"{where}: 'prompt' is an empty list of messages")
+            prompt = tuple(_message(m, f"prompt[{i}]", where) for i, m in enumerate(prompt))
+        elif not isinstance(prompt, str):
+            raise ValueError(f"{where}: 'prompt' must be a string or a list of messages, got {type(prompt).__name__}")
+        prompts.append((where, prompt))
+    return prompts
+
+
+def parse_record(line: str, where: str) -> PreferenceRecord:
+    obj = _json_object(line, where, FORMS)
     keys = _response_keys(obj, where)
     if "prompt" in obj:
         prompt, values = obj["prompt"], [obj[key] for key in keys]

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from dtrpo_mega.diffusion.sampler import DecodeConfig, Sampler
-from dtrpo_mega.eval.model import PromptRenderer, family_sampler, load_for_decoding
+from dtrpo_mega.data import load_tokenizer
+from dtrpo_mega.eval.model import PromptRenderer, check_tokenizer_fits, family_sampler, load_for_decoding
 from dtrpo_mega.models.families import get_family
 
 
@@ -36,10 +37,15 @@ class Decoder:
 
 
 def build_decoder(args: argparse.Namespace) -> Decoder:
+    """The model, its sampler and prompt renderer. A tokenizer with more tokens than the model's
+    vocab_size is refused here, before any generation (see `check_tokenizer_fits`); every prompt id
+    is checked against vocab_size again when rendered."""
+    tokenizer = load_tokenizer(args.tokenizer)
     options = {} if args.mask_token_id is None else {"mask_token_id": args.mask_token_id}
     model = load_for_decoding(args.ckpt, args.dtype, **options)
     cfg = model.dllm_config
-    renderer = PromptRenderer.for_family(cfg.family, args.tokenizer, plain=args.plain)
+    check_tokenizer_fits(tokenizer, cfg.vocab_size, args.ckpt)
+    renderer = PromptRenderer.for_family(cfg.family, tokenizer, plain=args.plain, vocab_size=cfg.vocab_size)
     rule = get_family(cfg.family).decoding  # unless either option is given
     per_step = rule.tokens_per_step if args.threshold is None and args.tokens_per_step is None else args.tokens_per_step
     decode = DecodeConfig(args.max_new_tokens, rule.threshold if args.threshold is None else args.threshold, per_step,

@@ -66,26 +66,50 @@ def _load(folder: Path, dtype: str) -> DLLM:
     return model.eval()
 
 
+def check_tokenizer_fits(tokenizer: Tokenizer, vocab_size: int, model: str | Path) -> None:
+    """Refuse a tokenizer whose vocabulary (added tokens included) is larger than the model's:
+    its ids past the model's vocabulary would index padding rows, or past the embedding."""
+    if tokenizer.vocab_size > vocab_size:
+        raise ValueError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens, more than the model's vocab_size "
+                         f"{vocab_size} ({model}): is it this model's tokenizer?")
+
+
+def _shown(prompt: Prompt) -> str:
+    text = prompt if isinstance(prompt, str) else prompt[-1].content
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
 @dataclass
 class PromptRenderer:
-    """Chat rendering of prompts for a model family; a text prompt is one user turn unless plain."""
+    """Chat rendering of prompts for a model family; a text prompt is one user turn unless plain.
+
+    A prompt must render to at least one token (a shifted-logits family predicts its first response
+    token from the last prompt token; an empty plain prompt renders to nothing unless the template
+    starts with a BOS), and, given the model's `vocab_size`, only to ids inside it."""
 
     encoder: ChatEncoder
     plain: bool = False
+    vocab_size: int | None = None  # the model's; None: not checked
 
     @classmethod
-    def for_family(cls, family: str, tokenizer: Tokenizer | str | Path, plain: bool = False) -> "PromptRenderer":
+    def for_family(cls, family: str, tokenizer: Tokenizer | str | Path, plain: bool = False,
+                   vocab_size: int | None = None) -> "PromptRenderer":
         tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
-        return cls(ChatEncoder(chat_template(family), tok), plain)
+        return cls(ChatEncoder(chat_template(family), tok), plain, vocab_size)
 
     @property
     def end_of_turn_id(self) -> int:
         return self.encoder.end_of_turn_id
 
     def ids(self, prompt: Prompt) -> list[int]:
-        if isinstance(prompt, str) and not self.plain:
-            prompt = (Message("user", prompt),)
-        return self.encoder.prompt(prompt)
+        rendered = (Message("user", prompt),) if isinstance(prompt, str) and not self.plain else prompt
+        ids = self.encoder.prompt(rendered)
+        if not ids:
+            raise ValueError(f"prompt {_shown(prompt)} renders to no tokens (plain text, and the {self.encoder.template.name} "
+                             "template has no BOS): a prompt needs at least one token")
+        if self.vocab_size is not None and max(ids) >= self.vocab_size:
+            raise ValueError(f"prompt {_shown(prompt)} has token id {max(ids)}, outside the model's vocabulary of {self.vocab_size}")
+        return ids
 
     def text(self, response: list[int]) -> str:
         """The response's text, without its end-of-turn token."""
