@@ -19,8 +19,12 @@ from torch import nn
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
 
+from dtrpo_mega.integrity import reading, verify_manifest, write_manifest, writing
 from dtrpo_mega.models.config import DLLMConfig
+from dtrpo_mega.parallel.lifetime import tie_children_to_this_process
+from dtrpo_mega.safe_pickle import install as restrict_metadata_unpickling
 
+restrict_metadata_unpickling()
 MODEL_CONFIG_FILE = "dtrpo_model.json"
 
 
@@ -28,14 +32,18 @@ def write_model_config(cfg: DLLMConfig, ckpt_dir: str | Path) -> None:
     if cfg.padded_vocab_size is None:
         raise ValueError("fix padded_vocab_size before writing a checkpoint config")
     path = Path(ckpt_dir) / MODEL_CONFIG_FILE
-    path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    with writing(path):
+        path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
 
 def read_model_config(ckpt_dir: str | Path) -> DLLMConfig:
     path = Path(ckpt_dir) / MODEL_CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: not a dtrpo_mega model checkpoint")
-    return DLLMConfig.from_dict(json.loads(path.read_text()))
+    try:
+        return DLLMConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{path}: not a valid model config ({err})") from None
 
 
 def _chunks(model) -> list[nn.Module]:
@@ -62,10 +70,13 @@ def save_model(model, ckpt_dir: str | Path, cfg: DLLMConfig | None = None) -> No
     if dist.get_rank() == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    dist_checkpointing.save(sharded_weights(model), str(ckpt_dir))
+    tie_children_to_this_process()
+    with writing(ckpt_dir):
+        dist_checkpointing.save(sharded_weights(model), str(ckpt_dir))
     if dist.get_rank() == 0:
         write_model_config(cfg, ckpt_dir)
     dist.barrier()
+    write_manifest(ckpt_dir)
 
 
 def global_shapes(sharded: dict) -> dict[str, tuple[int, ...]]:
@@ -92,11 +103,15 @@ def check_compatible(sharded: dict, ckpt_dir: str | Path) -> None:
         raise ValueError(f"checkpoint {ckpt_dir} does not fit the model:\n  " + "\n  ".join(problems))
 
 
-def load_model(model, ckpt_dir: str | Path) -> None:
-    """Load weights saved at any TP/PP layout into this rank's model chunk(s); every rank calls it."""
+def load_model(model, ckpt_dir: str | Path, verify: bool = True) -> None:
+    """Load weights saved at any TP/PP layout into this rank's model chunk(s), their checksums
+    verified first unless `verify` is false; every rank calls it."""
+    if verify:
+        verify_manifest(ckpt_dir)
     sharded = sharded_weights(model)
     check_compatible(sharded, ckpt_dir)
-    loaded = dist_checkpointing.load(sharded, str(ckpt_dir))
+    with reading(ckpt_dir, "checkpoint"):
+        loaded = dist_checkpointing.load(sharded, str(ckpt_dir))
     chunks = _chunks(model)
     for i, chunk in enumerate(chunks):
         prefix = f"chunk{i}." if len(chunks) > 1 else ""

@@ -29,6 +29,13 @@ class ReferenceMode(str, Enum):
     PRECOMPUTED = "precomputed"  # weighted log-prob sums from tools/precompute_reference.py
 
 
+def _require(section: str, checks: dict[str, tuple[object, bool, str]]) -> None:
+    """Raise naming the first setting whose check fails: {key: (value, ok, what it must be)}."""
+    for key, (value, ok, must) in checks.items():
+        if not ok:
+            raise ValueError(f"{section}.{key}={value!r}: must be {must}")
+
+
 @dataclass
 class ModelSection:
     family: str = "fast_dllm_v2"
@@ -36,12 +43,26 @@ class ModelSection:
     overrides: dict = field(default_factory=dict)  # any DLLMConfig field
     load: str | None = None  # a converted or trained checkpoint to start from; its dtrpo_model.json replaces family/size
 
+    def __post_init__(self):
+        from dtrpo_mega.models.config import DLLMConfig
+
+        if self.family not in family_names():
+            raise ValueError(f"model.family={self.family!r}; choose from {family_names()}")
+        known = {f.name for f in dataclasses.fields(DLLMConfig)} - {"family"}
+        unknown = sorted(set(self.overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown model.overrides {[f'model.overrides.{k}' for k in unknown]}; DLLMConfig fields: {sorted(known)}")
+
 
 @dataclass
 class ParallelSection:
     tensor_model_parallel_size: int = 1
     pipeline_model_parallel_size: int = 1
     context_parallel_size: int = 1  # every row's tokens split over this many ranks
+
+    def __post_init__(self):
+        _require("parallel", {k: (getattr(self, k), getattr(self, k) >= 1, ">= 1") for k in
+                              ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size")})
 
 
 FAMILY_DEFAULT = "family"
@@ -55,6 +76,7 @@ class ObjectiveSection:
     sft_convention: str = FAMILY_DEFAULT  # name=sft: the family's own SFT loss, or another family's
 
     def __post_init__(self):
+        _require("objective", {"vrpo_samples": (self.vrpo_samples, self.vrpo_samples >= 1, ">= 1")})
         if self.scoring != FAMILY_DEFAULT and self.scoring not in [s.value for s in ScoringLayout]:
             raise ValueError(f"objective.scoring={self.scoring!r}; choose from {[FAMILY_DEFAULT, *(s.value for s in ScoringLayout)]}")
         if self.sft_convention != FAMILY_DEFAULT and self.sft_convention not in family_names():
@@ -85,6 +107,18 @@ class OptimizerSection:
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
 
+    def __post_init__(self):
+        _require("optimizer", {
+            "lr": (self.lr, self.lr >= 0, ">= 0"),
+            "min_lr": (self.min_lr, 0 <= self.min_lr <= self.lr, f"in [0, optimizer.lr={self.lr}]"),
+            "warmup_steps": (self.warmup_steps, self.warmup_steps >= 0, ">= 0"),
+            "weight_decay": (self.weight_decay, self.weight_decay >= 0, ">= 0"),
+            "adam_beta1": (self.adam_beta1, 0 <= self.adam_beta1 < 1, "in [0, 1)"),
+            "adam_beta2": (self.adam_beta2, 0 <= self.adam_beta2 < 1, "in [0, 1)"),
+            "adam_eps": (self.adam_eps, self.adam_eps > 0, "> 0"),
+            "clip_grad": (self.clip_grad, self.clip_grad >= 0, ">= 0 (0: no clipping)"),
+        })
+
 
 @dataclass
 class TrainSection:
@@ -98,6 +132,14 @@ class TrainSection:
     recompute_method: RecomputeMethod = RecomputeMethod.UNIFORM  # full only: uniform | block
     recompute_num_layers: int | None = None  # full only: layers per group (uniform) or per stage (block)
 
+    def __post_init__(self):
+        _require("train", {
+            "global_batch_size": (self.global_batch_size, self.global_batch_size >= 1, ">= 1"),
+            "micro_batch_size": (self.micro_batch_size, self.micro_batch_size >= 1, ">= 1"),
+            "micro_batch_tokens": (self.micro_batch_tokens, self.micro_batch_tokens >= 0, ">= 0"),
+            "train_steps": (self.train_steps, self.train_steps >= 0, ">= 0"),
+        })
+
     @property
     def recompute(self) -> RecomputeConfig:
         return RecomputeConfig(self.recompute_granularity, self.recompute_method, self.recompute_num_layers or 1)
@@ -108,6 +150,10 @@ class CheckpointSection:
     dir: str | None = None
     save_interval: int = 0  # steps; 0: only at the end and on SIGTERM
     resume: bool = True  # resume from dir's latest complete checkpoint if there is one
+    verify: bool = True  # check every loaded checkpoint file against the checksums recorded at save
+
+    def __post_init__(self):
+        _require("checkpoint", {"save_interval": (self.save_interval, self.save_interval >= 0, ">= 0 (0: at the end only)")})
 
 
 @dataclass
@@ -116,6 +162,9 @@ class LoggingSection:
     log_interval: int = 1
     wandb_project: str | None = None  # offline unless WANDB_API_KEY is set
     progress_bar: bool = True
+
+    def __post_init__(self):
+        _require("logging", {"log_interval": (self.log_interval, self.log_interval >= 1, ">= 1")})
 
 
 @dataclass
@@ -242,7 +291,10 @@ def apply_override(tree: dict, override: str) -> None:
     if "=" not in override:
         raise ValueError(f"override {override!r} must look like section.key=value")
     key, raw = override.split("=", 1)
-    value = yaml.safe_load(raw) if raw else ""
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as err:
+        raise ValueError(f"override {override!r}: the value of {key} is not valid YAML ({str(err).splitlines()[0]})") from None
     node = tree
     parts = key.split(".")
     for part in parts[:-1]:

@@ -21,6 +21,7 @@ DISTRIBUTED_ARGS=(
     --node-rank "$NODE_RANK"
     --master-addr "$MASTER_ADDR"
     --master-port "$MASTER_PORT"
+    --shutdown-timeout "${SHUTDOWN_TIMEOUT:-600}"  # seconds to let ranks that are saving finish before SIGKILL
 )
 PARALLEL_ARGS=(
     parallel.tensor_model_parallel_size="${TP:-2}"
@@ -34,5 +35,18 @@ RUN_ARGS=(
 if [ "$CONFIG" = examples/configs/demo_tiny.yaml ]; then
     "$PYTHON" -c "from dtrpo_mega.synthetic import prepare_counting_dataset; prepare_counting_dataset('runs/demo/data/counting')"
 fi
-exec "$PYTHON" -m torch.distributed.run "${DISTRIBUTED_ARGS[@]}" -m dtrpo_mega.train --config "$CONFIG" \
-    "${PARALLEL_ARGS[@]}" "${RUN_ARGS[@]}" "$@"
+"$PYTHON" -m torch.distributed.run "${DISTRIBUTED_ARGS[@]}" -m dtrpo_mega.train --config "$CONFIG" \
+    "${PARALLEL_ARGS[@]}" "${RUN_ARGS[@]}" "$@" &
+LAUNCHER=$!
+# SIGTERM or SIGINT to this script goes to the ranks: they finish the step, save a checkpoint and
+# exit 0, so torchrun (and this script) exit 0. A signal sent to torchrun itself makes it exit 1
+# after its ranks stop; --shutdown-timeout gives ranks that are saving time before SIGKILL.
+forward() { pkill -TERM -P "$LAUNCHER" || true; }
+trap forward TERM INT
+status=0
+wait "$LAUNCHER" || status=$?
+while kill -0 "$LAUNCHER" 2>/dev/null; do  # `wait` returns early when a trapped signal arrives
+    status=0
+    wait "$LAUNCHER" || status=$?
+done
+exit "$status"

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from dtrpo_mega.integrity import write_manifest
 from dtrpo_mega.config import OptimizerSection
 from dtrpo_mega.models.dllm import build_model
 from dtrpo_mega.models.families import model_config
@@ -49,6 +50,7 @@ def _checkpoint_from_another_layout(tmp_path, model, optimizer):
     trainer = json.loads((path / "trainer.json").read_text())
     trainer["layout"]["tp"] = 2  # as if saved at TP=2: the optimizer state cannot be restored
     (path / "trainer.json").write_text(json.dumps(trainer))
+    write_manifest(path)  # the checksums of a checkpoint really saved there
     return path
 
 

@@ -1,13 +1,11 @@
-"""Answer extraction on tricky strings; the code sandbox's time limit and write confinement; reports."""
+"""Answer extraction on tricky strings, scoring and reports (the code sandbox: tests/test_sandbox.py)."""
 
 import json
-import time
 
 import pytest
 
 from dtrpo_mega.eval import (
-    Example, Limits, Outcome, TaskKind, TaskResult, extract_choice, extract_number, read_examples, run_code, run_task, score,
-    table, write_json,
+    Example, Outcome, TaskKind, TaskResult, extract_choice, extract_number, read_examples, run_task, score, table, write_json,
 )
 
 
@@ -50,42 +48,6 @@ def test_score_numeric_choice_and_code():
     assert not score(code, "    return a - b").correct
     exact = Example("4", "q", TaskKind.EXACT, answer="3 5  12")
     assert score(exact, " 3 5\n12 ").correct and not score(exact, "3 5 12 12").correct and not score(exact, "35 12").correct
-
-
-def test_executor_kills_an_infinite_loop_in_time():
-    start = time.monotonic()
-    result = run_code("while True:\n    pass\n", Limits(wall_seconds=1.5, cpu_seconds=30))
-    assert result.timed_out and not result.passed and time.monotonic() - start < 5
-
-
-def test_executor_cpu_limit_and_success():
-    assert run_code("print('ok')").stdout == "ok\n"
-    burn = run_code("x = 0\nwhile True:\n    x += 1\n", Limits(wall_seconds=20, cpu_seconds=1))
-    assert not burn.passed and not burn.timed_out  # killed by RLIMIT_CPU, not the wall clock
-
-
-@pytest.mark.parametrize("attempt", [
-    "open({p!r}, 'w').write('x')",
-    "import os; os.close(os.open({p!r}, os.O_WRONLY | os.O_CREAT))",
-    "import pathlib; pathlib.Path({p!r}).write_text('x')",
-    "import subprocess; subprocess.run(['touch', {p!r}])",
-    "import os; os.system('touch ' + {p!r})",
-    "import shutil; shutil.copyfile(__file__, {p!r})",
-    "import os; os.symlink('/tmp', {p!r})",
-])
-def test_executor_cannot_write_outside_its_folder(tmp_path, attempt):
-    target = tmp_path / "escaped.txt"
-    result = run_code(attempt.format(p=str(target)))
-    assert not target.exists() and not target.is_symlink()
-    assert not result.passed and "sandbox" in result.stderr
-
-
-def test_executor_may_write_inside_its_folder():
-    code = "import os, tempfile\nopen('a.txt', 'w').write('x')\nos.rename('a.txt', 'b.txt')\n" \
-           "tempfile.NamedTemporaryFile(delete=False).write(b'y')\nprint(open('b.txt').read())"
-    result = run_code(code)
-    assert result.passed, result.stderr
-    assert result.stdout == "x\n"
 
 
 def test_read_examples_and_report(tmp_path):

@@ -33,6 +33,9 @@ from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_conf
 from megatron.core.dist_checkpointing.strategies.common import COMMON_STATE_FNAME
 
 from dtrpo_mega.convert.megatron_layout import Chunk, MegatronTensor
+from dtrpo_mega.safe_pickle import install as restrict_metadata_unpickling
+
+restrict_metadata_unpickling()
 
 Producer = Callable[[MegatronTensor, Optional[int]], Tensor]  # (tensor, layer) -> one layer's full tensor
 

@@ -20,6 +20,7 @@ from dtrpo_mega.convert.hf_io import TORCH_DTYPES, HFCheckpoint, dtype_name
 from dtrpo_mega.convert.mapping import Mapping, hf_shapes
 from dtrpo_mega.convert.megatron_layout import MegatronTensor, storage_chunks, stream_groups
 from dtrpo_mega.convert.name_maps import name_map
+from dtrpo_mega.integrity import write_manifest
 from dtrpo_mega.models.config import DLLMConfig
 
 INV_FREQ_SUFFIX = "rotary_emb.inv_freq"
@@ -118,7 +119,7 @@ def plan_import(hf_dir: str | Path, family: str = "auto", tp: int = 1, pp: int =
 
 
 def run_import(plan: ImportPlan, out_dir: str | Path) -> None:
-    """Write the megatron checkpoint and its `dtrpo_model.json`."""
+    """Write the megatron checkpoint, its `dtrpo_model.json` and its checksums (one process)."""
 
     def produce(tensor: MegatronTensor, layer: int | None) -> torch.Tensor:
         mapping = plan.maps[tensor.name]
@@ -129,6 +130,7 @@ def run_import(plan: ImportPlan, out_dir: str | Path) -> None:
         raise FileExistsError(f"{out_dir} is not empty")
     dist_io.write_checkpoint(out_dir, storage_chunks(plan.cfg, plan.tp), plan.cfg.num_layers, plan.dtype, produce)
     write_model_config(plan.cfg, out_dir)
+    write_manifest(out_dir)
 
 
 def import_hf(hf_dir: str | Path, out_dir: str | Path, log=print, **options) -> DLLMConfig:

@@ -30,6 +30,7 @@ from dtrpo_mega.data.chat import ChatEncoder
 from dtrpo_mega.data.indexed import FORMAT, IndexedWriter, PreferencePair
 from dtrpo_mega.data.records import RESPONSES, PreferenceRecord, check_jsonl_path, read_records
 from dtrpo_mega.data.tokenizer import load_tokenizer
+from dtrpo_mega.integrity import sha256_file
 from dtrpo_mega.models.families import chat_template, family_names, get_family
 
 log = logging.getLogger(__name__)
@@ -70,14 +71,6 @@ class PreprocessSettings:
 def fingerprint(data_sha256: str, tokenizer_sha256: str, settings: dict) -> str:
     payload = dict(format=FORMAT, data=data_sha256, tokenizer=tokenizer_sha256, settings=settings)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tokenize_record(record: PreferenceRecord, encoder: ChatEncoder, index: int) -> PreferencePair:
@@ -132,7 +125,7 @@ def build_preference_dataset(input_jsonl: str | Path, tokenizer_path: str | Path
     check_jsonl_path(input_jsonl)
     tokenizer = load_tokenizer(tokenizer_path)
     encoder = ChatEncoder(chat_template(family), tokenizer)
-    data_sha256 = file_sha256(input_jsonl)
+    data_sha256 = sha256_file(input_jsonl)
     counts = dict(read=0, kept=0, truncated=0, dropped=0)
     where_of = {"truncated": [], "dropped": []}
     first_where, first_kind, with_steps = None, None, False  # the first record decides the kind and logged steps

@@ -21,6 +21,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from dtrpo_mega.diffusion.mask import TokenLayout
 from dtrpo_mega.models.attention import DLLMCoreAttention, resolve_backend, te_available
 from dtrpo_mega.models.config import DLLMConfig
+from dtrpo_mega.models.init import init_weights
 from dtrpo_mega.models.recompute import RecomputeConfig, apply_recompute
 from dtrpo_mega.parallel.cpu_shims import tensor_cuda_stays_on_cpu
 
@@ -89,9 +90,12 @@ class DLLM(GPTModel):
         return super().forward(input_ids=input_ids, position_ids=None, attention_mask=layout, labels=labels, **kwargs)
 
 
-def build_model(cfg: DLLMConfig, params_dtype: torch.dtype = torch.float32, transformer_impl: str = "auto", recompute: RecomputeConfig | None = None) -> DLLM:
+def build_model(cfg: DLLMConfig, params_dtype: torch.dtype = torch.float32, transformer_impl: str = "auto", recompute: RecomputeConfig | None = None,
+                seed: int | None = None) -> DLLM:
     """This rank's pipeline stage of the model, on the current device, under the current groups,
-    recomputing activations in training mode as `recompute` says (None: keep them all)."""
+    recomputing activations in training mode as `recompute` says (None: keep them all). With a
+    `seed`, the weights are drawn from it alone, the same at every TP/PP (`models/init.py`);
+    without, megatron-core's per-rank initialization."""
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
     on_gpu = torch.cuda.is_available()
@@ -108,4 +112,6 @@ def build_model(cfg: DLLMConfig, params_dtype: torch.dtype = torch.float32, tran
     )
     if recompute is not None:
         apply_recompute(model, recompute)
+    if seed is not None:
+        init_weights(model, cfg, seed)
     return model.cuda() if on_gpu else model

@@ -22,11 +22,11 @@ from dtrpo_mega.diffusion.spec import SFTNormalizer
 from dtrpo_mega.losses.preference import NLLNormalization
 from dtrpo_mega.parallel.runtime import comm_device
 from dtrpo_mega.rows import ScoredRows
-from dtrpo_mega.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from dtrpo_mega.training.checkpoint import CheckpointLock, latest_checkpoint, load_checkpoint, save_checkpoint
 from dtrpo_mega.training.metrics import MetricsLogger, reduce_reports
 from dtrpo_mega.training.optim import build_optimizer, lr_at
 from dtrpo_mega.training.objectives import policy_loss, sequences_per_unit, sft_loss
-from dtrpo_mega.training.setup import Run, build_policy, build_reference, setup_run
+from dtrpo_mega.training.setup import Run, build_policy, build_reference, reference_weights_id, setup_run
 from dtrpo_mega.training.step import forward_backward
 
 
@@ -87,10 +87,23 @@ def train(cfg: TrainConfig) -> list[dict]:
     preference = cfg.objective.name.is_preference
     reference = build_reference(run, policy) if preference else None
     optimizer = build_optimizer(policy, cfg.optimizer, bf16=run.dtype == torch.bfloat16)
-    start = 0
-    ckpt_root = cfg.checkpoint.dir
+    reference_id = reference_weights_id(run) if preference else None
+    lock = CheckpointLock(cfg.checkpoint.dir) if cfg.checkpoint.dir else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        history = _train_steps(run, policy, reference, optimizer, reference_id)
+    finally:
+        if lock is not None:
+            lock.release()
+    return history
+
+
+def _train_steps(run: Run, policy, reference, optimizer, reference_id: str | None) -> list[dict]:
+    """Resume from the latest checkpoint, if any, and train to `train.train_steps`."""
+    cfg, start, ckpt_root = run.cfg, 0, run.cfg.checkpoint.dir
     if ckpt_root and cfg.checkpoint.resume and (path := latest_checkpoint(ckpt_root)) is not None:
-        resumed = load_checkpoint(path, policy, optimizer)
+        resumed = load_checkpoint(path, policy, optimizer, reference_id, verify=cfg.checkpoint.verify)
         start = resumed.step
         if run.runtime.rank == 0:
             note = "" if resumed.optimizer_restored else " (different parallel layout: weights resharded, optimizer state reset)"
@@ -125,7 +138,7 @@ def train(cfg: TrainConfig) -> list[dict]:
             interval = cfg.checkpoint.save_interval
             last = step + 1 == cfg.train.train_steps
             if ckpt_root and (interrupted or last or (interval and (step + 1) % interval == 0)):
-                save_checkpoint(ckpt_root, step + 1, policy, optimizer, cfg.to_dict())
+                save_checkpoint(ckpt_root, step + 1, policy, optimizer, cfg.to_dict(), reference_id)
             if interrupted:
                 if run.runtime.rank == 0:
                     print(f"SIGTERM: saved a checkpoint at step {step + 1} and stopped", flush=True)

@@ -40,10 +40,28 @@ def reduce_reports(reports: list[dict]) -> dict[str, float]:
     return out
 
 
+def keep_until(path: Path, step: int) -> None:
+    """Drop the rows of steps after `step` (a resumed run logs them again; a fresh run, step 0,
+    starts an empty file); the file is replaced atomically."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
+
+
 class MetricsLogger:
     def __init__(self, run_dir: str | Path, total_steps: int, start_step: int, config: dict, wandb_project: str | None, progress_bar: bool, log_interval: int):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        keep_until(self.run_dir / "metrics.jsonl", start_step)
         self.jsonl = (self.run_dir / "metrics.jsonl").open("a")
         self.log_interval = log_interval
         self.history: list[dict] = []

@@ -10,7 +10,6 @@ Either way `with_reference` returns the rows with `ref_sums` set (on the last pi
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -34,18 +33,6 @@ class ResidentReference:
         if not reports:
             return micro_batches
         return [mb.with_reference(report["ref_sums"]) for mb, report in zip(micro_batches, reports)]
-
-
-def files_digest(path: str | Path) -> str:
-    """sha256 over a checkpoint folder's file names and contents (independent of the load layout)."""
-    digest = hashlib.sha256()
-    root = Path(path)
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(root)).encode())
-        with file.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 class PrecomputedReference:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from megatron.core import parallel_state
 from dtrpo_mega.checkpointing import load_model, read_model_config
 from dtrpo_mega.config import ReferenceMode, TrainConfig
 from dtrpo_mega.data import PreferenceDataset
+from dtrpo_mega.integrity import folder_digest
 from dtrpo_mega.diffusion.scoring import Objective
 from dtrpo_mega.diffusion.spec import BlockAlignment, LastBlock, ScoringLayout
 from dtrpo_mega.diffusion.trajectory import RevealOrder
@@ -27,7 +29,7 @@ from dtrpo_mega.models.families import get_family, model_config
 from dtrpo_mega.parallel.runtime import ParallelConfig, Runtime, initialize
 from dtrpo_mega.rows import ConfidenceTable, RowBuilder, ScoredRows
 from dtrpo_mega.training.batches import DataOrder
-from dtrpo_mega.training.reference import PrecomputedReference, ResidentReference, files_digest
+from dtrpo_mega.training.reference import PrecomputedReference, ResidentReference
 
 
 @dataclass
@@ -55,12 +57,14 @@ def resolve_model_config(cfg: TrainConfig) -> DLLMConfig:
 
 
 def setup_run(cfg: TrainConfig) -> Run:
+    """Check the settings, the model config and the data, then create the process groups."""
     par = cfg.parallel
-    runtime = initialize(ParallelConfig(par.tensor_model_parallel_size, par.pipeline_model_parallel_size, par.context_parallel_size), seed=cfg.train.seed)
-    cfg.validate(runtime.world_size)
+    world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    cfg.validate(world)  # before any side effect
     model_cfg = resolve_model_config(cfg)
-    model_cfg.check_parallel(runtime.tp, runtime.pp)
+    model_cfg.check_parallel(par.tensor_model_parallel_size, par.pipeline_model_parallel_size)
     dataset = cfg.data.open(model_cfg)
+    runtime = initialize(ParallelConfig(par.tensor_model_parallel_size, par.pipeline_model_parallel_size, par.context_parallel_size), seed=cfg.train.seed)
     if cfg.objective.name.is_preference and dataset.kind != "preference":
         raise ValueError(f"data.path={cfg.data.path} holds {dataset.kind} examples, but objective.name={cfg.objective.name.value} "
                          "needs preference pairs (objective.name=sft trains on prompt-completion data)")
@@ -108,7 +112,8 @@ def check_pairs_fit(dataset: PreferenceDataset, rows: RowBuilder, cfg: TrainConf
 
 
 def build_policy(run: Run):
-    model = build_model(run.model_config, params_dtype=run.dtype, recompute=run.cfg.train.recompute)  # the reference never recomputes
+    seed = None if run.cfg.model.load else run.cfg.train.seed  # random weights: the same at every layout
+    model = build_model(run.model_config, params_dtype=run.dtype, recompute=run.cfg.train.recompute, seed=seed)  # the reference never recomputes
     model.config.calculate_per_token_loss = True  # losses are sums; gradients divided by global pairs
     if run.cfg.model.load:
         load_model(model, run.cfg.model.load)
@@ -122,9 +127,8 @@ def reference_weights_id(run: Run) -> str:
     reading the whole checkpoint."""
     source = run.cfg.reference.load or run.cfg.model.load
     if not source:
-        rt = run.runtime
-        return f"random-init(seed={run.cfg.train.seed}, tp={rt.tp}, pp={rt.pp})"
-    digest = [files_digest(source) if dist.get_rank() == 0 else None]
+        return f"random-init(seed={run.cfg.train.seed})"  # the same weights at every layout (models/init.py)
+    digest = [folder_digest(source) if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(digest, src=0)
     return f"sha256:{digest[0]}"
 
@@ -156,7 +160,8 @@ def confidence_key(run: Run) -> dict:
 
 def build_reference_model(run: Run, policy=None):
     """The frozen reference: `reference.load`, else the policy's initial weights."""
-    model = build_model(run.model_config, params_dtype=run.dtype)
+    loads = run.cfg.reference.load or policy is not None or run.cfg.model.load
+    model = build_model(run.model_config, params_dtype=run.dtype, seed=None if loads else run.cfg.train.seed)
     if run.cfg.reference.load:
         load_model(model, run.cfg.reference.load)
     elif policy is not None:
