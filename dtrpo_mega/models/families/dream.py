@@ -16,16 +16,9 @@
 
 from dtrpo_mega.diffusion.mask import MaskVariant
 from dtrpo_mega.diffusion.spec import BlockAlignment, LastBlock, ScoringLayout, SFTConvention, SFTNormalizer
-from dtrpo_mega.models.families.spec import Decoding, TRANSFORMERS_NAMES, ChatTemplate, Family, Size, SourceFormat
+from dtrpo_mega.models.families.spec import TRANSFORMERS_NAMES, Decoding, Family, Size, SourceFormat, chatml
 
-DREAM_CHATML = ChatTemplate(
-    name="dream_chatml",
-    turn="<|im_start|>{role}\n{content}<|im_end|>\n",
-    generation_prompt="<|im_start|>assistant\n",
-    end_of_turn="<|im_end|>",
-    default_system="You are a helpful assistant.",
-    block_fill="<|endoftext|>",
-)
+DREAM_CHATML = chatml("dream_chatml", default_system="You are a helpful assistant.")
 
 FAMILY = Family(
     name="dream",

@@ -22,20 +22,14 @@ from dtrpo_mega.diffusion.spec import BlockAlignment, FirstTokenRule, LastBlock,
 from dtrpo_mega.models.families.spec import (
     Decoding,
     TRANSFORMERS_NAMES,
-    ChatTemplate,
     Family,
     Size,
     SourceFormat,
+    chatml,
 )
 
-QWEN2_5_CHATML = ChatTemplate(
-    name="fast_dllm_v2_chatml",
-    turn="<|im_start|>{role}\n{content}<|im_end|>\n",
-    generation_prompt="<|im_start|>assistant\n",
-    end_of_turn="<|im_end|>",
-    default_system="You are a helpful assistant.",
-    block_fill="<|endoftext|>",  # the pad token: `batch_sample` overwrites everything after the stop token with it
-)
+# `<|endoftext|>` is its pad token: `batch_sample` overwrites everything after the stop token with it
+QWEN2_5_CHATML = chatml("fast_dllm_v2_chatml", default_system="You are a helpful assistant.")
 
 FAMILY = Family(
     name="fast_dllm_v2",

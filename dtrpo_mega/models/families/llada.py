@@ -15,7 +15,7 @@
 
 from dtrpo_mega.diffusion.mask import MaskVariant
 from dtrpo_mega.diffusion.spec import BlockAlignment, LastBlock, ScoringLayout, SFTConvention, SFTNormalizer
-from dtrpo_mega.models.families.spec import Decoding, ChatTemplate, Family, Size, SourceFormat, reject_features
+from dtrpo_mega.models.families.spec import ChatTemplate, Decoding, Family, Size, SourceFormat, reject_features
 
 LLAMA3_CHAT = ChatTemplate(
     name="llada_llama3",

@@ -20,16 +20,9 @@
 from dtrpo_mega.diffusion.mask import MaskVariant
 from dtrpo_mega.diffusion.spec import BlockAlignment
 from dtrpo_mega.diffusion.spec import LastBlock, SFTConvention, SFTNormalizer
-from dtrpo_mega.models.families.spec import Decoding, TRANSFORMERS_NAMES, ChatTemplate, Family, Size, SourceFormat
+from dtrpo_mega.models.families.spec import TRANSFORMERS_NAMES, Decoding, Family, Size, SourceFormat, chatml
 
-QWEN3_CHATML = ChatTemplate(
-    name="sdar_chatml",
-    turn="<|im_start|>{role}\n{content}<|im_end|>\n",
-    generation_prompt="<|im_start|>assistant\n",
-    end_of_turn="<|im_end|>",
-    response_prefix="<think>\n\n</think>\n\n",
-    block_fill="<|endoftext|>",
-)
+QWEN3_CHATML = chatml("sdar_chatml", response_prefix="<think>\n\n</think>\n\n")
 
 _QWEN3 = dict(vocab_size=151936, num_query_groups=8, head_dim=128)
 

@@ -42,6 +42,13 @@ class ChatTemplate:
         return dataclasses.asdict(self)
 
 
+def chatml(name: str, **fields) -> ChatTemplate:
+    """ChatML, as Qwen2.5 and Qwen3 (and the dLLMs built on them) render it; `<|endoftext|>` is
+    their pad / EOS token."""
+    return ChatTemplate(name=name, turn="<|im_start|>{role}\n{content}<|im_end|>\n", generation_prompt="<|im_start|>assistant\n",
+                        end_of_turn="<|im_end|>", block_fill="<|endoftext|>", **fields)
+
+
 
 
 @dataclass(frozen=True)
