@@ -256,3 +256,14 @@ def test_train_sh_forwards_sigterm_and_exits_0(counting_data, tmp_path):
     assert proc.returncode == 0, output[-3000:]
     step = int(output.split("SIGTERM: saved a checkpoint at step ")[1].split()[0])
     assert (tmp_path / "ckpt" / TRACKER).read_text().strip() == f"iter_{step:07d}"
+
+
+def test_fallback_warnings_are_one_line_from_rank_0(tmp_path):
+    code = ("import warnings, dtrpo_mega.quiet as q; warnings.warn('Apex is not installed. Falling back to Torch Norm'); "
+            "warnings.warn('Transformer Engine and Apex are not installed. Falling back to Torch optimizers.'); "
+            "warnings.warn('something else'); q.report(); q.report()")
+    run = lambda rank: subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,  # noqa: E731
+                                      env={**os.environ, "RANK": rank, "PYTHONPATH": str(REPO)}).stderr
+    zero, one = run("0"), run("1")
+    assert zero.count("note: no Transformer Engine / apex here") == 1 and "2 warnings hidden" in zero and "something else" in zero
+    assert "Falling back" not in zero.split("note:")[0] and one == ""

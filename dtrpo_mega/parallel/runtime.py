@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 from megatron.core import parallel_state
 
+from dtrpo_mega import quiet
 from dtrpo_mega.parallel import cpu_shims
 
 
@@ -100,6 +101,7 @@ def initialize(parallel: ParallelConfig, seed: int = 1234) -> Runtime:
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, context_parallel_size=cp)
     set_seeds(seed)
+    quiet.report()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return Runtime(dist.get_rank(), world, tp, pp, world // (tp * pp * cp), cp, device)
 
