@@ -14,13 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from dtrpo_mega.models.kv_cache import CacheCall
 
 PAD_SEGMENT = 0
 
@@ -78,7 +74,7 @@ class TokenLayout:
     segments: Tensor
     variant: MaskVariant
     block_size: int
-    kv_cache: CacheCall | None = None  # decoding: the call's use of a block KV cache (models/kv_cache.py)
+    kv_cache: object | None = None  # decoding: the call's use of a block KV cache (a models.kv_cache.CacheCall)
     query_index: Tensor | None = None  # context parallel: this rank's tokens of the row
     key_index: Tensor | None = None  # context parallel: the row's tokens in all-gathered order
     origins: Tensor | None = None  # per token: where its blocks start (positions mod block_size)
