@@ -62,11 +62,13 @@ def write_counting_jsonl(path: str | Path, num_pairs: int, length: int = 12, err
 
 
 def prepare_counting_dataset(prefix: str | Path, family: str = "fast_dllm_v2", num_pairs: int = 256, length: int = 12, errors: int = 3, seed: int = 0) -> str:
-    """Tokenizer, JSONL and the preprocessed dataset at `prefix` (beside it), made once."""
+    """Tokenizer, JSONL and the preprocessed dataset at `prefix` (beside it), made once (again if it
+    predates the metadata's `prompt_format`, which generation reads)."""
     from dtrpo_mega.data import build_preference_dataset
 
     prefix = Path(prefix)
-    if not prefix.with_suffix(".json").exists():
+    metadata = prefix.with_suffix(".json")
+    if not metadata.exists() or "prompt_format" not in json.loads(metadata.read_text()):
         tokenizer = write_tokenizer(prefix.parent / "tokenizer.json")
         jsonl = write_counting_jsonl(prefix.parent / f"{prefix.name}.jsonl", num_pairs, length, errors, seed)
         build_preference_dataset(jsonl, tokenizer, family, prefix, max_length=64)

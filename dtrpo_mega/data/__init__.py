@@ -1,6 +1,6 @@
 """Preference data: TRL-format JSONL -> chat rendering -> tokens -> memory-mapped, fingerprinted dataset.
 
-Offline: `build_preference_dataset` (tools/preprocess_data.py) writes a prefix. Training:
+Offline: `build_preference_dataset` (`dtrpo preprocess`) writes a prefix. Training:
 `DataConfig(path=...).open(model)` or `PreferenceDataset.open(prefix)` reads it pair by pair.
 """
 

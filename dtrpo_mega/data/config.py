@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class DataConfig:
-    path: str = ""  # prefix written by tools/preprocess_data.py
+    path: str = ""  # prefix written by `dtrpo preprocess`
     pad_to_multiple: int = 8  # the trainer pads sequence lengths to a multiple of this
     packing: bool = False  # pack whole pairs into rows of train.micro_batch_tokens tokens
     fingerprint: str | None = None  # when set, the dataset at `path` must have exactly this fingerprint
@@ -37,7 +37,7 @@ class DataConfig:
     def open(self, model: DLLMConfig | None = None) -> PreferenceDataset:
         """Open the dataset at `path`; given the model, check it was made for that family and vocabulary."""
         if not self.path:
-            raise ValueError("data.path is required (a prefix written by tools/preprocess_data.py)")
+            raise ValueError("data.path is required (a prefix written by `dtrpo preprocess`)")
         dataset = PreferenceDataset.open(self.path)
         if self.fingerprint is not None and dataset.fingerprint != self.fingerprint:
             raise ValueError(f"data.fingerprint={self.fingerprint} but the dataset at {self.path} has fingerprint "

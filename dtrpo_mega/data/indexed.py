@@ -7,8 +7,9 @@ rejected response is empty. Files under one prefix:
   chosen start, rejected start, end;
 - `PREFIX.steps.bin` (datasets with `logged` trajectories): int32 aligned with `.bin`, the reveal
   step of each response token, -1 at prompt positions;
-- `PREFIX.json`: metadata (fingerprint, kind, settings, tokenizer, counts, sizes); `kind` is
-  "preference" or "completion" (absent in older datasets: "preference").
+- `PREFIX.json`: metadata (fingerprint, kind, prompt_format, settings, tokenizer, counts, sizes);
+  `kind` is "preference" or "completion" (absent in older datasets: "preference"), `prompt_format`
+  "plain" or "chat" (absent in older datasets: unknown).
 Files are written under temporary names and renamed into place, metadata last, so a prefix
 either holds a complete dataset or no metadata.
 """
@@ -122,12 +123,12 @@ class PreferenceDataset:
 
     @classmethod
     def open(cls, prefix: str | Path) -> PreferenceDataset:
-        """Open and validate a prefix written by tools/preprocess_data.py."""
+        """Open and validate a prefix written by `dtrpo preprocess`."""
         files = paths(prefix)
         meta_file = files["metadata"]
         if not meta_file.is_file():
             raise FileNotFoundError(f"{meta_file} not found: no preprocessed dataset at prefix {prefix} "
-                                    "(write one with tools/preprocess_data.py)")
+                                    "(write one with `dtrpo preprocess`)")
         try:
             metadata = json.loads(meta_file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -148,6 +149,11 @@ class PreferenceDataset:
     def kind(self) -> str:
         """What the examples are: "preference" pairs or "completion" (prompt-completion, `rejected` empty)."""
         return self.metadata.get("kind", "preference")
+
+    @property
+    def prompt_format(self) -> str | None:
+        """How the prompts were given: "plain" text or "chat" messages; None for datasets written before it was recorded."""
+        return self.metadata.get("prompt_format")
 
     def __len__(self) -> int:
         return len(self.bounds)

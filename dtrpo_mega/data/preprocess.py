@@ -2,7 +2,11 @@
 
 A file holds preference pairs or prompt-completion examples, not both (the first record decides;
 the metadata's `kind` says which). A completion is stored as the chosen response, with an empty
-rejected one.
+rejected one. Its prompts are all plain text or all chat messages, likewise: the first record
+decides, a record of the other format is an error naming its file:line, and the metadata's
+`prompt_format` ("plain" or "chat") says which, so generation and evaluation of a model trained
+on the data render prompts the same way (`dtrpo generate`; datasets written before the field
+have none).
 
 Over-long examples: `max_length` bounds the prompt plus the longer response. `truncate` cuts both
 responses to `max_length - len(prompt)` tokens (a cut response loses its end-of-turn token, and
@@ -35,6 +39,7 @@ from dtrpo_mega.models.families import chat_template, family_names, get_family
 
 log = logging.getLogger(__name__)
 SHOWN_LOCATIONS = 5  # how many file:line examples the log gives per outcome
+PROMPT_FORMS = {"plain": "a plain-text prompt", "chat": "a chat prompt (a list of messages)"}
 
 
 class Overlong(str, Enum):
@@ -119,7 +124,8 @@ def build_preference_dataset(input_jsonl: str | Path, tokenizer_path: str | Path
     """Tokenize `input_jsonl` into the indexed dataset at `output_prefix`; returns the counts.
 
     Counts: `read` (non-blank lines), `kept` (written, truncated ones included), `truncated`, `dropped`.
-    The metadata's `kind` is "preference" or "completion", as the first record decides.
+    The metadata's `kind` is "preference" or "completion" and its `prompt_format` "plain" or "chat",
+    as the first record decides.
     """
     settings = PreprocessSettings(family, max_length, overlong, block_size)
     check_jsonl_path(input_jsonl)
@@ -128,19 +134,23 @@ def build_preference_dataset(input_jsonl: str | Path, tokenizer_path: str | Path
     data_sha256 = sha256_file(input_jsonl)
     counts = dict(read=0, kept=0, truncated=0, dropped=0)
     where_of = {"truncated": [], "dropped": []}
-    first_where, first_kind, with_steps = None, None, False  # the first record decides the kind and logged steps
+    first_where, first_kind, with_steps, first_format = None, None, False, None  # the first record decides these
     with IndexedWriter(output_prefix) as writer:
         for record in read_records(input_jsonl):
             counts["read"] += 1
             kind, has_steps = "completion" if record.is_completion else "preference", record.chosen_steps is not None
+            prompt_format = "chat" if record.conversational else "plain"
             if first_where is None:
-                first_where, first_kind, with_steps = record.where, kind, has_steps
+                first_where, first_kind, with_steps, first_format = record.where, kind, has_steps, prompt_format
             elif kind != first_kind:
                 raise ValueError(f"{record.where}: a {kind} record but the first record ({first_where}) is a {first_kind} "
                                  "record: a file holds preference pairs or prompt-completion examples, not both")
             elif has_steps != with_steps:
                 raise ValueError(f"{record.where}: {'has' if has_steps else 'lacks'} logged reveal steps but the first "
                                  f"record ({first_where}) {'does not' if has_steps else 'does'}: give them for every record or none")
+            elif prompt_format != first_format:
+                raise ValueError(f"{record.where}: {PROMPT_FORMS[prompt_format]} but the first record ({first_where}) has "
+                                 f"{PROMPT_FORMS[first_format]}: a file holds plain-text or chat prompts, not both")
             pair, outcome = fit(tokenize_record(record, encoder, counts["kept"]), settings, record.where)
             if outcome != "kept":
                 counts[outcome] += 1
@@ -157,6 +167,7 @@ def build_preference_dataset(input_jsonl: str | Path, tokenizer_path: str | Path
             fingerprint=fingerprint(data_sha256, tokenizer.identity, settings_dict),
             settings=settings_dict,
             kind=first_kind,
+            prompt_format=first_format,
             tokenizer={**tokenizer.describe(), "end_of_turn_id": encoder.end_of_turn_id, "fill_id": encoder.fill_id},
             source=dict(path=str(input_jsonl), sha256=data_sha256),
             counts=counts,
@@ -172,3 +183,48 @@ def _log_counts(counts: dict, where_of: dict, settings: PreprocessSettings, outp
             more = ", ..." if counts[outcome] > len(wheres) else ""
             log.warning("%s: %d of %d examples %s by max_length=%d (overlong=%s): %s%s", output_prefix, counts[outcome],
                         counts["read"], outcome, settings.max_length, settings.overlong.value, ", ".join(wheres), more)
+
+
+USAGE = """Tokenize TRL-format preference or prompt-completion JSONL into the memory-mapped dataset that training reads.
+
+  dtrpo preprocess --input pairs.jsonl --tokenizer TOKENIZER --family fast_dllm_v2 \\
+      --output data/pairs --max-length 2048 [--overlong truncate|drop] [--block-size N]
+
+TOKENIZER: a SentencePiece `.model` file, a Hugging Face `tokenizer.json`, or a model folder
+holding one. Writes OUTPUT.bin, OUTPUT.idx.npy, OUTPUT.json (and OUTPUT.steps.bin for data with
+logged reveal steps), then prints the counts, the prompt format (plain or chat, which generation
+and evaluation follow) and the data fingerprint. Set `data.path=OUTPUT` in the training config.
+Bad input (a missing or unreadable file, a malformed line, a file mixing plain and chat prompts,
+bad settings) prints one `error: ...` line naming the file (and line) and exits with status 2.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`dtrpo preprocess` (tools/preprocess_data.py)."""
+    import argparse
+    import sys
+
+    from dtrpo_mega.data.indexed import PreferenceDataset
+
+    parser = argparse.ArgumentParser(description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="preference or prompt-completion records, one JSON object per line")
+    parser.add_argument("--tokenizer", required=True, help="SentencePiece .model, tokenizer.json, or a folder holding one")
+    parser.add_argument("--family", required=True, choices=family_names(), help="model family (chat template)")
+    parser.add_argument("--output", required=True, help="output prefix")
+    parser.add_argument("--max-length", type=int, required=True, help="max tokens of prompt + longer response")
+    parser.add_argument("--overlong", default=Overlong.TRUNCATE.value, choices=[o.value for o in Overlong],
+                        help="what to do with examples over --max-length (default: truncate the responses)")
+    parser.add_argument("--block-size", type=int, help="block size recorded for the trainer (default: the family's)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        counts = build_preference_dataset(args.input, args.tokenizer, args.family, args.output, args.max_length,
+                                          args.overlong, args.block_size)
+    except (ValueError, OSError) as err:  # bad input (file:line named), a missing or unreadable file
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    dataset = PreferenceDataset.open(args.output)
+    print(" ".join(f"{name}={value}" for name, value in counts.items()))
+    print(f"wrote {args.output}: {len(dataset)} {dataset.kind} examples with {dataset.prompt_format} prompts, "
+          f"{dataset.metadata['num_tokens']} tokens, fingerprint {dataset.fingerprint}")
+    return 0

@@ -9,7 +9,7 @@ One JSON object per line, a preference pair:
 Optional `chosen_steps` / `rejected_steps` (both or neither) carry the `logged` trajectory: the
 reveal step of every response token, as non-negative integers; with them, optional
 `chosen_tail` / `rejected_tail` hold the token ids the decoder revealed after end-of-turn (the
-rest of its last block, `tools/generate.py --record-trajectory`), the steps then covering them too.
+rest of its last block, `dtrpo generate --record-trajectory`), the steps then covering them too.
 Or a prompt-completion example (SFT): `{"prompt": str, "completion": str}`, or `prompt` a list of
 messages and `completion` a list holding one assistant message; it parses as a record whose
 `chosen` is the completion and whose `rejected` is None, and carries no logged steps.

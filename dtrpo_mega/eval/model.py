@@ -3,11 +3,16 @@
 A checkpoint is any of: a model folder (`dtrpo_model.json` + dist checkpoint), a training
 checkpoint (`iter_*/` with `model/`), a training root (its latest checkpoint), or a Hugging Face
 folder (`config.json`), imported into a temporary folder first.
+
+`training_prompt_format` finds how the prompts of a training checkpoint's data were given (plain
+text or chat), so that generation renders prompts as training saw them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +21,7 @@ import torch
 
 from dtrpo_mega.checkpointing import MODEL_CONFIG_FILE, load_model, read_model_config
 from dtrpo_mega.data import ChatEncoder, Message, Tokenizer, load_tokenizer
+from dtrpo_mega.data.indexed import paths as dataset_paths
 from dtrpo_mega.data.records import Prompt
 from dtrpo_mega.diffusion.sampler import DecodeConfig, Sampler
 from dtrpo_mega.models.dllm import DLLM, build_model
@@ -24,6 +30,7 @@ from dtrpo_mega.parallel.runtime import ParallelConfig, initialize
 from dtrpo_mega.training.checkpoint import latest_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROMPT_FORMATS = ("plain", "chat")
 
 
 def model_folder(path: str | Path) -> Path:
@@ -36,6 +43,78 @@ def model_folder(path: str | Path) -> Path:
     if latest is not None:
         return latest / "model"
     raise FileNotFoundError(f"{path}: no {MODEL_CONFIG_FILE} here or in model/, and no training checkpoint tracker")
+
+
+def training_prompt_format(path: str | Path) -> tuple[str | None, str]:
+    """The prompt format ("plain" or "chat") of the data a training checkpoint was trained on, and
+    why: (format, where it was read), or (None, why it cannot be known).
+
+    `path` is a training root, a training checkpoint (`iter_*/`) or its `model/` folder: its
+    `trainer.json` holds the run's config, whose `data.path` is the dataset, whose metadata holds
+    `prompt_format`. A relative `data.path` is looked for from the current directory, then from the
+    directory the run was launched from (see `_launch_directory`). Anything else (a model folder
+    born outside training, a Hugging Face folder, a dataset moved away or written before
+    `prompt_format` was recorded) gives None."""
+    path = Path(path)
+    if (path / "config.json").is_file() and not (path / MODEL_CONFIG_FILE).is_file():
+        return None, f"{path} is a Hugging Face folder, not a training checkpoint"
+    try:
+        folder = model_folder(path)
+    except (FileNotFoundError, ValueError) as error:
+        return None, str(error)
+    trainer = folder.parent / "trainer.json"
+    if folder.name != "model" or not trainer.is_file():
+        return None, f"{path} is not a training checkpoint (no trainer.json beside its model)"
+    try:
+        config = json.loads(trainer.read_text(encoding="utf-8"))["config"]
+        data_path = config["data"]["path"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return None, f"{trainer} names no data.path ({type(error).__name__}: {error})"
+    if not data_path:
+        return None, f"{trainer} names no data.path"
+    candidates = [Path(data_path)]
+    launch_dir = _launch_directory(trainer.parent.parent, config)
+    if launch_dir is not None and not Path(data_path).is_absolute():
+        candidates.append(launch_dir / data_path)
+    found_at = next((c for c in candidates if dataset_paths(c)["metadata"].is_file()), None)
+    if found_at is None:
+        return None, f"its training data {data_path} (data.path in {trainer}) is not found from {Path.cwd()}" + (
+            f" nor from {launch_dir}" if len(candidates) > 1 else "")
+    data_path, metadata_file = found_at, dataset_paths(found_at)["metadata"]
+    try:
+        metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        return None, f"its training data's metadata {metadata_file} is unreadable ({error})"
+    found = metadata.get("prompt_format") if isinstance(metadata, dict) else None
+    if found not in PROMPT_FORMATS:
+        return None, f"its training data {data_path} was preprocessed before prompt_format was recorded (preprocess it again to record it)"
+    return found, f"its training data {data_path} (data.path in {trainer}) has {found} prompts"
+
+
+def _launch_directory(root: Path, config: dict) -> Path | None:
+    """Where a run was launched from, when its relative checkpoint.dir names the root's last folders
+    (`runs/demo/checkpoints` for /home/me/repo/runs/demo/checkpoints: /home/me/repo); else None."""
+    ckpt_dir = (config.get("checkpoint") or {}).get("dir") if isinstance(config, dict) else None
+    if not ckpt_dir or Path(ckpt_dir).is_absolute():
+        return None
+    parts = Path(os.path.normpath(ckpt_dir)).parts
+    root_parts = root.resolve().parts
+    if ".." in parts or len(parts) >= len(root_parts) or root_parts[-len(parts):] != parts:
+        return None
+    return Path(*root_parts[: -len(parts)])
+
+
+def choose_prompt_format(path: str | Path, plain: bool = False, chat: bool = False) -> tuple[str, str]:
+    """(format, a line saying why): --plain or --chat if given, else the training data's, else chat."""
+    if plain and chat:
+        raise ValueError("--plain and --chat exclude each other")
+    if plain or chat:
+        chosen = "plain" if plain else "chat"
+        return chosen, f"prompt format: {chosen} (--{chosen})"
+    found, why = training_prompt_format(path)
+    if found is None:
+        return "chat", f"prompt format: chat, the default: {why}; --plain renders text prompts as plain text"
+    return found, f"prompt format: {found}, as {why}; --{'chat' if found == 'plain' else 'plain'} overrides it"
 
 
 def load_for_decoding(path: str | Path, dtype: str = "fp32", **import_options) -> DLLM:

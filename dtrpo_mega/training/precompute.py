@@ -115,3 +115,33 @@ def precompute(cfg, product: str, out, epochs: int = 1) -> None:
         precompute_sums(run, epochs, out)
     else:
         precompute_confidence(run, out)
+
+
+USAGE = """Run the frozen reference over the whole dataset once: `dtrpo precompute-reference` (tools/precompute_reference.py).
+
+    torchrun --nproc-per-node N --no-python dtrpo precompute-reference sums --out ref.safetensors --epochs E --config CFG [k=v ...]
+    torchrun --nproc-per-node N --no-python dtrpo precompute-reference confidence --out conf.safetensors --config CFG [k=v ...]
+
+(`dtrpo precompute-reference ...` alone runs one process.) `sums` feeds `reference.mode=precomputed
+reference.cache=ref.safetensors` (E epochs of re-masked states); `confidence` feeds
+`scheduler.order=ref_confidence data.ref_confidence=conf.safetensors`. Use the training run's
+config: the files are keyed by the data fingerprint, seed, scheduler, objective, model and
+reference weights, and training refuses a file made for another run.
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from dtrpo_mega.config import load_config
+    from dtrpo_mega.parallel.runtime import shutdown
+
+    parser = argparse.ArgumentParser(description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("product", choices=("sums", "confidence"))
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--epochs", type=int, default=1, help="epochs of re-masked states (sums)")
+    parser.add_argument("--config")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    precompute(load_config(args.config, args.overrides), args.product, args.out, args.epochs)
+    shutdown()
