@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from conftest import REPO
 from dtrpo_mega.convert import import_hf
 from dtrpo_mega.data import ChatEncoder, build_preference_dataset, load_tokenizer
-from dtrpo_mega.eval.model import PromptRenderer
+from dtrpo_mega.generation.model import PromptRenderer
 from dtrpo_mega.models.families import chat_template
 from dtrpo_mega.synthetic import write_tokenizer
 
@@ -220,7 +220,7 @@ def test_preprocess_tool_prints_one_error_line_with_status_2(tmp_path, synthetic
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, world_of_one):
     """name -> a saved tiny fast_dllm_v2 model: `fits` (vocab 250) and `small_vocab` (vocab 100)."""
-    from dtrpo_mega.checkpointing import save_model
+    from dtrpo_mega.checkpoint.model import save_model
     from dtrpo_mega.models.dllm import build_model
     from dtrpo_mega.models.families import model_config
 

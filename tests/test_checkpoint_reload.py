@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from dtrpo_mega.integrity import write_manifest
+from dtrpo_mega.checkpoint.integrity import write_manifest
 from dtrpo_mega.config import OptimizerSection
 from dtrpo_mega.models.dllm import build_model
 from dtrpo_mega.models.families import model_config
-from dtrpo_mega.training.checkpoint import load_checkpoint, save_checkpoint
+from dtrpo_mega.checkpoint.trainer import load_checkpoint, save_checkpoint
 from dtrpo_mega.training.optim import CpuOptimizer
 
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO
 from dtrpo_mega import cli
 from dtrpo_mega.data import PreferenceDataset, build_preference_dataset
-from dtrpo_mega.eval.model import choose_prompt_format, training_prompt_format
+from dtrpo_mega.generation.model import choose_prompt_format, training_prompt_format
 from dtrpo_mega.synthetic import write_tokenizer
 
 COMMANDS = ["train", "preprocess", "precompute-reference", "convert", "generate", "evaluate", "demo"]

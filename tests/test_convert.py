@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import REPO, run_torchrun
-from dtrpo_mega.checkpointing import global_shapes, load_model, read_model_config, save_model, sharded_weights
+from dtrpo_mega.checkpoint.model import global_shapes, load_model, read_model_config, save_model, sharded_weights
 from dtrpo_mega.convert import compare_folders, export_hf, import_hf, roundtrip
 from dtrpo_mega.convert.dist_io import stored_tensors
 from dtrpo_mega.convert.mapping import QKV, GatedMLP, VocabRows

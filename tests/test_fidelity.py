@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dtrpo_mega.diffusion.sampler import DecodeConfig, Sampler
+from dtrpo_mega.generation.sampler import DecodeConfig, Sampler
 from dtrpo_mega.diffusion.scoring import SequenceSpec, trajectory_steps
 from dtrpo_mega.diffusion.spec import ScoringLayout
 from dtrpo_mega.diffusion.trajectory import SchedulerConfig, sample_rng, steps_per_block

@@ -39,7 +39,7 @@ def test_evaluate_tool_reports_pairwise_accuracy(world_of_one, counting_data, tm
     import json
     from pathlib import Path
 
-    from dtrpo_mega.checkpointing import save_model
+    from dtrpo_mega.checkpoint.model import save_model
 
     run = setup_run(load_config(None, [f"data.path={counting_data}", "model.overrides={num_layers: 2}", "train.global_batch_size=4"]))
     policy = build_policy(run).eval()

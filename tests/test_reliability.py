@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from conftest import REPO, free_port, run_torchrun
-from dtrpo_mega.checkpointing import load_model, save_model
+from dtrpo_mega.checkpoint.model import load_model, save_model
 from dtrpo_mega.config import load_config
-from dtrpo_mega.integrity import MANIFEST
+from dtrpo_mega.checkpoint.integrity import MANIFEST
 from dtrpo_mega.models.dllm import build_model
 from dtrpo_mega.models.families import model_config
-from dtrpo_mega.training.checkpoint import TRACKER, load_checkpoint, save_checkpoint
+from dtrpo_mega.checkpoint.trainer import TRACKER, load_checkpoint, save_checkpoint
 
 
 class StandInOptimizer:
@@ -144,7 +144,7 @@ def test_truncated_files_are_named(world_of_one, tmp_path):
 def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(world_of_one, tmp_path, monkeypatch):
     import shutil
 
-    import dtrpo_mega.training.checkpoint as checkpoint
+    import dtrpo_mega.checkpoint.trainer as checkpoint
 
     model, _ = _saved(tmp_path)
     save_checkpoint(tmp_path / "run", 1, model, StandInOptimizer(model), config={})
@@ -169,7 +169,7 @@ import os, signal, threading
 
 
 def main():
-    from dtrpo_mega.checkpointing import save_model
+    from dtrpo_mega.checkpoint.model import save_model
     from dtrpo_mega.models.dllm import build_model
     from dtrpo_mega.models.families import model_config
     from dtrpo_mega.parallel.runtime import ParallelConfig, initialize

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dtrpo_mega.diffusion.mask import MaskVariant, collate, plain_sample
-from dtrpo_mega.diffusion.sampler import DecodeConfig, Sampler
+from dtrpo_mega.generation.sampler import DecodeConfig, Sampler
 from dtrpo_mega.diffusion.scoring import Objective, SequenceSpec, plan_rows
 from dtrpo_mega.diffusion.trajectory import SchedulerConfig, response_blocks
 from dtrpo_mega.models.dllm import build_model
@@ -205,7 +205,7 @@ def test_generate_tool_records_logged_steps(world_of_one, tmp_path, capsys):
     import importlib.util
     import json
 
-    from dtrpo_mega.checkpointing import save_model
+    from dtrpo_mega.checkpoint.model import save_model
     from dtrpo_mega.synthetic import write_tokenizer
 
     save_model(_model("fast_dllm_v2"), tmp_path / "iter_0000001" / "model")

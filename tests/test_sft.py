@@ -106,7 +106,7 @@ def test_preference_objectives_refuse_completion_data(world_of_one, sorting_data
 
 
 def test_sft_trains_through_the_loop(world_of_one, sorting_data, tmp_path):
-    from dtrpo_mega.checkpointing import read_model_config
+    from dtrpo_mega.checkpoint.model import read_model_config
     from dtrpo_mega.training.loop import train
 
     steps = 6

@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench_decoding.json")
     args = parser.parse_args()
 
-    from dtrpo_mega.diffusion.sampler import DecodeConfig, Sampler
+    from dtrpo_mega.generation.sampler import DecodeConfig, Sampler
     from dtrpo_mega.models.dllm import build_model
     from dtrpo_mega.parallel.runtime import ParallelConfig, initialize
 

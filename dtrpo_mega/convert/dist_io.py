@@ -33,7 +33,7 @@ from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_conf
 from megatron.core.dist_checkpointing.strategies.common import COMMON_STATE_FNAME
 
 from dtrpo_mega.convert.megatron_layout import Chunk, MegatronTensor
-from dtrpo_mega.safe_pickle import install as restrict_metadata_unpickling
+from dtrpo_mega.checkpoint.safe_pickle import install as restrict_metadata_unpickling
 
 restrict_metadata_unpickling()
 

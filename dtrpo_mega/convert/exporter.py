@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dtrpo_mega.checkpointing import read_model_config
+from dtrpo_mega.checkpoint.model import read_model_config
 from dtrpo_mega.convert import dist_io
 from dtrpo_mega.convert.formats import SourceFormat, get_format, synthesized_hf_config
 from dtrpo_mega.convert.hf_io import TORCH_DTYPES, PlannedTensor, SafetensorsWriter, dtype_name, parse_size

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from dtrpo_mega.checkpointing import write_model_config
+from dtrpo_mega.checkpoint.model import write_model_config
 from dtrpo_mega.convert import dist_io
 from dtrpo_mega.convert.formats import SourceFormat, detect, dllm_config, get_format
 from dtrpo_mega.convert.hf_io import TORCH_DTYPES, HFCheckpoint, dtype_name
 from dtrpo_mega.convert.mapping import Mapping, hf_shapes
 from dtrpo_mega.convert.megatron_layout import MegatronTensor, storage_chunks, stream_groups
 from dtrpo_mega.convert.name_maps import name_map
-from dtrpo_mega.integrity import write_manifest
+from dtrpo_mega.checkpoint.integrity import write_manifest
 from dtrpo_mega.models.config import DLLMConfig
 
 INV_FREQ_SUFFIX = "rotary_emb.inv_freq"

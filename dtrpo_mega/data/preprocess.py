@@ -34,7 +34,7 @@ from dtrpo_mega.data.chat import ChatEncoder
 from dtrpo_mega.data.indexed import FORMAT, IndexedWriter, PreferencePair
 from dtrpo_mega.data.records import RESPONSES, PreferenceRecord, check_jsonl_path, read_records
 from dtrpo_mega.data.tokenizer import load_tokenizer
-from dtrpo_mega.integrity import sha256_file
+from dtrpo_mega.checkpoint.integrity import sha256_file
 from dtrpo_mega.models.families import chat_template, family_names, get_family
 
 log = logging.getLogger(__name__)

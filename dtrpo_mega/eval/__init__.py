@@ -1,6 +1,6 @@
 """Evaluation: exact-match answers, sandboxed pass@1 for code, and result reports.
 
-Model loading and decoding options live in `dtrpo_mega.eval.model` and `dtrpo_mega.eval.cli`
+Model loading and decoding options live in `dtrpo_mega.generation.model` and `dtrpo_mega.eval.cli`
 (imported on demand: they pull in megatron-core)."""
 
 from dtrpo_mega.eval.answers import canonical_number, extract_choice, extract_number

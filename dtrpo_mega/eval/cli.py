@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from dtrpo_mega.diffusion.sampler import DecodeConfig, Sampler
+from dtrpo_mega.generation.sampler import DecodeConfig, Sampler
 from dtrpo_mega.data import load_tokenizer
-from dtrpo_mega.eval.model import PromptRenderer, check_tokenizer_fits, choose_prompt_format, family_sampler, load_for_decoding
+from dtrpo_mega.generation.model import PromptRenderer, check_tokenizer_fits, choose_prompt_format, family_sampler, load_for_decoding
 from dtrpo_mega.models.families import get_family
 
 

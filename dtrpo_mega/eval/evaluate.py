@@ -79,7 +79,7 @@ def pairwise(args, policy):
     from dtrpo_mega.data import DataConfig
     from dtrpo_mega.diffusion.scoring import Objective
     from dtrpo_mega.diffusion.trajectory import SchedulerConfig
-    from dtrpo_mega.eval.model import load_for_decoding
+    from dtrpo_mega.generation.model import load_for_decoding
     from dtrpo_mega.eval.preference import preference_accuracy
     from dtrpo_mega.rows import RowBuilder
 

@@ -18,7 +18,7 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
 
-from dtrpo_mega.checkpointing import sharded_weights
+from dtrpo_mega.checkpoint.model import sharded_weights
 from dtrpo_mega.models.config import DLLMConfig
 
 SCALED = ("linear_proj.weight", "linear_fc2.weight")  # megatron's output_layer_init_method

@@ -27,8 +27,8 @@ import torch
 
 from dtrpo_mega.config import TrainConfig, build_dataclass, load_dataclass
 from dtrpo_mega.data import build_preference_dataset
-from dtrpo_mega.diffusion.sampler import DecodeConfig, Sampler
-from dtrpo_mega.eval.model import PromptRenderer, family_sampler, load_for_decoding, model_folder
+from dtrpo_mega.generation.sampler import DecodeConfig, Sampler
+from dtrpo_mega.generation.model import PromptRenderer, family_sampler, load_for_decoding, model_folder
 from dtrpo_mega.eval.runner import run_task
 from dtrpo_mega.reproduce.task import SortingTask, examples, write_completions, write_examples
 from dtrpo_mega.synthetic import write_tokenizer

@@ -22,7 +22,7 @@ from dtrpo_mega.diffusion.spec import SFTNormalizer
 from dtrpo_mega.losses.preference import NLLNormalization
 from dtrpo_mega.parallel.runtime import comm_device
 from dtrpo_mega.rows import ScoredRows
-from dtrpo_mega.training.checkpoint import CheckpointLock, latest_checkpoint, load_checkpoint, save_checkpoint
+from dtrpo_mega.checkpoint.trainer import CheckpointLock, latest_checkpoint, load_checkpoint, save_checkpoint
 from dtrpo_mega.training.metrics import MetricsLogger, reduce_reports
 from dtrpo_mega.training.optim import build_optimizer, lr_at
 from dtrpo_mega.training.objectives import policy_loss, sequences_per_unit, sft_loss

@@ -16,10 +16,10 @@ import torch.distributed as dist
 
 from megatron.core import parallel_state
 
-from dtrpo_mega.checkpointing import load_model, read_model_config
+from dtrpo_mega.checkpoint.model import load_model, read_model_config
 from dtrpo_mega.config import ReferenceMode, TrainConfig
 from dtrpo_mega.data import PreferenceDataset
-from dtrpo_mega.integrity import folder_digest
+from dtrpo_mega.checkpoint.integrity import folder_digest
 from dtrpo_mega.diffusion.scoring import Objective
 from dtrpo_mega.diffusion.spec import BlockAlignment, LastBlock, ScoringLayout
 from dtrpo_mega.diffusion.trajectory import RevealOrder

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from megatron.core import parallel_state
 
-from dtrpo_mega.checkpointing import load_model, read_model_config, save_model
+from dtrpo_mega.checkpoint.model import load_model, read_model_config, save_model
 from dtrpo_mega.diffusion.mask import MaskVariant, collate, plain_sample
 from dtrpo_mega.models.dllm import build_model
 from dtrpo_mega.parallel.runtime import ParallelConfig, initialize

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from dtrpo_mega.checkpointing import load_model, save_model
+from dtrpo_mega.checkpoint.model import load_model, save_model
 from dtrpo_mega.models.dllm import build_model
 from dtrpo_mega.models.families import model_config
 from dtrpo_mega.parallel.runtime import ParallelConfig, initialize

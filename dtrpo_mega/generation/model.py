@@ -19,15 +19,15 @@ from pathlib import Path
 
 import torch
 
-from dtrpo_mega.checkpointing import MODEL_CONFIG_FILE, load_model, read_model_config
+from dtrpo_mega.checkpoint.model import MODEL_CONFIG_FILE, load_model, read_model_config
 from dtrpo_mega.data import ChatEncoder, Message, Tokenizer, load_tokenizer
 from dtrpo_mega.data.indexed import paths as dataset_paths
 from dtrpo_mega.data.records import Prompt
-from dtrpo_mega.diffusion.sampler import DecodeConfig, Sampler
+from dtrpo_mega.generation.sampler import DecodeConfig, Sampler
 from dtrpo_mega.models.dllm import DLLM, build_model
 from dtrpo_mega.models.families import chat_template, get_family
 from dtrpo_mega.parallel.runtime import ParallelConfig, initialize
-from dtrpo_mega.training.checkpoint import latest_checkpoint
+from dtrpo_mega.checkpoint.trainer import latest_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROMPT_FORMATS = ("plain", "chat")

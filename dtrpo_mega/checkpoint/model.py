@@ -19,10 +19,10 @@ from torch import nn
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
 
-from dtrpo_mega.integrity import reading, verify_manifest, write_manifest, writing
+from dtrpo_mega.checkpoint.integrity import reading, verify_manifest, write_manifest, writing
 from dtrpo_mega.models.config import DLLMConfig
 from dtrpo_mega.parallel.lifetime import tie_children_to_this_process
-from dtrpo_mega.safe_pickle import install as restrict_metadata_unpickling
+from dtrpo_mega.checkpoint.safe_pickle import install as restrict_metadata_unpickling
 
 restrict_metadata_unpickling()
 MODEL_CONFIG_FILE = "dtrpo_model.json"

@@ -32,8 +32,8 @@ import torch.distributed as dist
 
 from megatron.core import dist_checkpointing, parallel_state
 
-from dtrpo_mega.checkpointing import load_model, save_model, sharded_weights
-from dtrpo_mega.integrity import reading, verify_manifest, write_manifest, writing
+from dtrpo_mega.checkpoint.model import load_model, save_model, sharded_weights
+from dtrpo_mega.checkpoint.integrity import reading, verify_manifest, write_manifest, writing
 
 TRACKER = "latest_checkpointed_iteration.txt"
 LOCK = ".lock"
