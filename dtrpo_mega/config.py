@@ -21,6 +21,7 @@ from dtrpo_mega.diffusion.spec import ScoringLayout, SFTConvention
 from dtrpo_mega.diffusion.trajectory import RevealOrder, SchedulerConfig
 from dtrpo_mega.losses.preference import LossConfig
 from dtrpo_mega.models.families import family_names, get_family
+from dtrpo_mega.parallel.layout import ParallelConfig
 from dtrpo_mega.models.recompute import RecomputeConfig, RecomputeGranularity, RecomputeMethod
 
 
@@ -52,17 +53,6 @@ class ModelSection:
         unknown = sorted(set(self.overrides) - known)
         if unknown:
             raise ValueError(f"unknown model.overrides {[f'model.overrides.{k}' for k in unknown]}; DLLMConfig fields: {sorted(known)}")
-
-
-@dataclass
-class ParallelSection:
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    context_parallel_size: int = 1  # every row's tokens split over this many ranks
-
-    def __post_init__(self):
-        _require("parallel", {k: (getattr(self, k), getattr(self, k) >= 1, ">= 1") for k in
-                              ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size")})
 
 
 FAMILY_DEFAULT = "family"
@@ -170,7 +160,7 @@ class LoggingSection:
 @dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
-    parallel: ParallelSection = field(default_factory=ParallelSection)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
@@ -182,10 +172,9 @@ class TrainConfig:
     logging: LoggingSection = field(default_factory=LoggingSection)
 
     def validate(self, world_size: int) -> None:
-        tp, pp, cp = self.parallel.tensor_model_parallel_size, self.parallel.pipeline_model_parallel_size, self.parallel.context_parallel_size
-        if world_size % (tp * pp * cp):
-            raise ValueError(f"parallel: world size {world_size} is not divisible by TP={tp} x PP={pp} x CP={cp}")
-        dp = world_size // (tp * pp * cp)
+        """The checks across sections, at this world size (each section checked its own fields)."""
+        cp = self.parallel.context_parallel_size
+        dp = self.parallel.data_parallel_size(world_size)
         gbs, mbs, budget = self.train.global_batch_size, self.train.micro_batch_size, self.train.micro_batch_tokens
         if self.data.packing:
             if budget < 1:

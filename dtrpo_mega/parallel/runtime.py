@@ -13,14 +13,7 @@ from megatron.core import parallel_state
 
 from dtrpo_mega import quiet
 from dtrpo_mega.parallel import cpu_shims
-
-
-@dataclass
-class ParallelConfig:
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    context_parallel_size: int = 1  # every row's tokens split over this many ranks
-    backend: str = "auto"  # nccl with CUDA, gloo without
+from dtrpo_mega.parallel.layout import ParallelConfig
 
 
 @dataclass(frozen=True)
@@ -87,23 +80,14 @@ def initialize(parallel: ParallelConfig, seed: int = 1234) -> Runtime:
     init_distributed(parallel.backend)
     world = dist.get_world_size()
     tp, pp, cp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size, parallel.context_parallel_size
-    if min(tp, pp, cp) < 1:
-        raise ValueError(
-            f"parallel sizes must be >= 1: parallel.tensor_model_parallel_size={tp}, "
-            f"pipeline_model_parallel_size={pp}, context_parallel_size={cp}"
-        )
-    if world % (tp * pp * cp):
-        raise ValueError(
-            f"world size {world} is not divisible by TP={tp} x PP={pp} x CP={cp} "
-            "(parallel.tensor_model_parallel_size x pipeline_model_parallel_size x context_parallel_size)"
-        )
+    dp = parallel.data_parallel_size(world)
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, context_parallel_size=cp)
     set_seeds(seed)
     quiet.report()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    return Runtime(dist.get_rank(), world, tp, pp, world // (tp * pp * cp), cp, device)
+    return Runtime(dist.get_rank(), world, tp, pp, dp, cp, device)
 
 
 def set_seeds(seed: int) -> None:

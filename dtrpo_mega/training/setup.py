@@ -26,7 +26,7 @@ from dtrpo_mega.diffusion.trajectory import RevealOrder
 from dtrpo_mega.models.config import DLLMConfig
 from dtrpo_mega.models.dllm import build_model
 from dtrpo_mega.models.families import get_family, model_config
-from dtrpo_mega.parallel.runtime import ParallelConfig, Runtime, initialize
+from dtrpo_mega.parallel.runtime import Runtime, initialize
 from dtrpo_mega.rows import ConfidenceTable, RowBuilder, ScoredRows
 from dtrpo_mega.training.batches import DataOrder
 from dtrpo_mega.training.reference import PrecomputedReference, ResidentReference
@@ -64,7 +64,7 @@ def setup_run(cfg: TrainConfig) -> Run:
     model_cfg = resolve_model_config(cfg)
     model_cfg.check_parallel(par.tensor_model_parallel_size, par.pipeline_model_parallel_size)
     dataset = cfg.data.open(model_cfg)
-    runtime = initialize(ParallelConfig(par.tensor_model_parallel_size, par.pipeline_model_parallel_size, par.context_parallel_size), seed=cfg.train.seed)
+    runtime = initialize(par, seed=cfg.train.seed)
     if cfg.objective.name.is_preference and dataset.kind != "preference":
         raise ValueError(f"data.path={cfg.data.path} holds {dataset.kind} examples, but objective.name={cfg.objective.name.value} "
                          "needs preference pairs (objective.name=sft trains on prompt-completion data)")
