@@ -62,6 +62,7 @@ def test_a_resume_against_another_reference_is_refused(world_of_one, tmp_path):
     assert load_checkpoint(path, model, StandInOptimizer(model), reference="random-init(seed=1)").step == 3
 
 
+@pytest.mark.slow
 def test_metrics_of_steps_past_the_resume_point_are_dropped(world_of_one, counting_data, tmp_path):
     from dtrpo_mega.training.loop import train
 
@@ -74,6 +75,7 @@ def test_metrics_of_steps_past_the_resume_point_are_dropped(world_of_one, counti
     assert steps == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_a_second_job_in_the_same_checkpoint_dir_is_refused(world_of_one, counting_data, tmp_path):
     from dtrpo_mega.training.loop import train
 
@@ -159,6 +161,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(world_of_o
     assert (tmp_path / "run" / TRACKER).read_text().strip() == "iter_0000001"
 
 
+@pytest.mark.slow
 def test_no_process_outlives_a_rank_killed_mid_save(tmp_path):
     """megatron's checkpoint writer forks writers and serves a results queue from a spawned manager;
     SIGKILLed mid-save, a rank must leave none of them behind."""
@@ -226,6 +229,7 @@ def test_every_bad_setting_is_named(override, message):
         load_config(None, [override])
 
 
+@pytest.mark.slow
 def test_training_errors_print_one_line_before_any_process_group(counting_data, tmp_path):
     """A bad setting on 2 ranks: one `error:` line, exit status 2, no traceback."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}", "-m", "dtrpo_mega.train",
