@@ -39,9 +39,13 @@ class DiffusionSpec:
     attention: MaskVariant
     block_alignment: BlockAlignment = BlockAlignment.ABSOLUTE
 
-    def origin(self, prompt_len: int) -> int:
-        """Where blocks start, modulo block_size, for a prompt of this many tokens."""
+    def origin(self, prompt_len):
+        """Where blocks start, modulo block_size, for a prompt of this many tokens (ints or arrays)."""
         return 0 if self.block_alignment == BlockAlignment.ABSOLUTE else prompt_len % self.block_size
+
+    def to_block_end(self, prompt_len, length):
+        """Slots from the end of a sequence of `length` tokens to the end of its last block (ints or arrays)."""
+        return -(length - self.origin(prompt_len)) % self.block_size
 
     def starts_block(self, position: int, prompt_len: int) -> bool:
         return (position - self.origin(prompt_len)) % self.block_size == 0

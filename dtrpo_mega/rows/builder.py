@@ -72,8 +72,7 @@ class RowBuilder:
         """Slots after the response up to the end of its last block (0 unless completed, see `last_block`)."""
         if logged or self.last_block == LastBlock.CUT or not len(response) or int(response[-1]) != self.end_of_turn_id:
             return 0
-        spec = self.model.diffusion
-        return -(prompt_len + len(response) - spec.origin(prompt_len)) % spec.block_size
+        return self.model.diffusion.to_block_end(prompt_len, prompt_len + len(response))
 
     def response_length(self, pair: PreferencePair, role: int) -> int:
         """Scored response tokens of a sequence: the response, and a filled last block."""

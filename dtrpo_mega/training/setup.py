@@ -21,7 +21,8 @@ from dtrpo_mega.config import ReferenceMode, TrainConfig
 from dtrpo_mega.data import PreferenceDataset
 from dtrpo_mega.checkpoint.integrity import folder_digest
 from dtrpo_mega.diffusion.scoring import Objective
-from dtrpo_mega.diffusion.spec import BlockAlignment, LastBlock, ScoringLayout
+from dtrpo_mega.diffusion.mask import noisy_start
+from dtrpo_mega.diffusion.spec import LastBlock, ScoringLayout
 from dtrpo_mega.diffusion.trajectory import RevealOrder
 from dtrpo_mega.models.config import DLLMConfig
 from dtrpo_mega.models.dllm import build_model
@@ -94,14 +95,13 @@ def check_pairs_fit(dataset: PreferenceDataset, rows: RowBuilder, cfg: TrainConf
     spec = rows.model.diffusion
     a, b, c, d = (dataset.bounds[:, i].astype(np.int64) for i in range(4))
     prompt = b - a
-    origin = prompt % spec.block_size if spec.block_alignment == BlockAlignment.PROMPT_END else np.zeros_like(prompt)
-    start = origin + (prompt - origin) // spec.block_size * spec.block_size
+    start = noisy_start(prompt, spec.block_size, spec.origin(prompt))
 
     def sample(first: np.ndarray, end: np.ndarray) -> np.ndarray:  # [z~ ; y0] of one sequence, its last block completed
         length = end - first
         completes = (rows.last_block != LastBlock.CUT) & (dataset.steps is None) & (length > 0)
         completes &= np.asarray(dataset.tokens[np.maximum(end - 1, 0)]) == rows.end_of_turn_id
-        n = prompt + length + np.where(completes, -(prompt + length - origin) % spec.block_size, 0)
+        n = prompt + length + np.where(completes, spec.to_block_end(prompt, prompt + length), 0)
         return 2 * n - start
 
     tokens = per_sequence * (sample(b, c) + (sample(c, d) if cfg.objective.name.is_preference else 0))
