@@ -23,13 +23,12 @@ import time
 
 import torch
 
-from dtrpo_mega.benchmark import add_backbone_options, backbone_config, host, write_results
+from bench_common import add_backbone_options, backbone_config, host, write_results
 
 
 def worker(args) -> None:
     import numpy as np
     import torch.distributed as dist
-    from megatron.core import parallel_state
 
     from dtrpo_mega.data import PreferencePair
     from dtrpo_mega.diffusion.scoring import Objective
@@ -42,20 +41,20 @@ def worker(args) -> None:
     from dtrpo_mega.training.objectives import sequence_logps
 
     cp = int(os.environ["WORLD_SIZE"])
-    initialize(ParallelConfig(context_parallel_size=cp), seed=0)
+    runtime = initialize(ParallelConfig(context_parallel_size=cp), seed=0)
     torch.set_num_threads(1)
     cfg = backbone_config(args)
-    model = build_model(cfg)
+    model = build_model(cfg, pg_collection=runtime.pg_collection)
     rng = np.random.default_rng(0)
     vocab = cfg.vocab_size - 1
     pair = PreferencePair(0, rng.integers(0, vocab, args.prompt), rng.integers(0, vocab, args.response), rng.integers(0, vocab, args.response), None, None)
     whole = RowBuilder(cfg, SchedulerConfig(), Objective.DTRPO, seed=0, pad_to_multiple=2 * cp * 8).micro_batch([pair], 0)
-    rows = whole.context_shard(parallel_state.get_context_parallel_rank(), cp)
+    rows = whole.context_shard(runtime.cp_rank, cp)
 
     def step(measure=None):
         model.zero_grad()
         with measure or SavedActivations(model) as saved:
-            loss = sequence_logps(rows, model(rows.tokens, rows.layout, labels=rows.labels)).sum()
+            loss = sequence_logps(rows, model(rows.tokens, rows.layout, labels=rows.labels), runtime.pg_collection.cp).sum()
         loss.backward()
         return saved.bytes
 

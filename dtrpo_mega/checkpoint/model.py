@@ -16,7 +16,7 @@ from pathlib import Path
 import torch.distributed as dist
 from torch import nn
 
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
 
 from dtrpo_mega.checkpoint.integrity import reading, verify_manifest, write_manifest, writing
@@ -51,11 +51,12 @@ def _chunks(model) -> list[nn.Module]:
 
 
 def sharded_weights(model) -> dict:
-    """The model's sharded state dict without `_extra_state` objects (chunks keyed apart)."""
+    """The model's sharded state dict without `_extra_state` objects (chunks keyed apart), its
+    replicas told apart over the model's own DP x CP group."""
     chunks = _chunks(model)
     out = {}
     for i, chunk in enumerate(chunks):
-        for name, value in chunk.sharded_state_dict().items():
+        for name, value in chunk.sharded_state_dict(metadata={"dp_cp_group": chunk.pg_collection.dp_cp}).items():
             if not isinstance(value, ShardedObject):
                 out[f"chunk{i}.{name}" if len(chunks) > 1 else name] = value
     return out
@@ -64,9 +65,9 @@ def sharded_weights(model) -> dict:
 def save_model(model, ckpt_dir: str | Path, cfg: DLLMConfig | None = None) -> None:
     """Save the weights of this rank's model chunk(s); every rank calls it."""
     ckpt_dir = Path(ckpt_dir)
-    cfg = cfg or _chunks(model)[0].dllm_config
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    cfg = dataclasses.replace(cfg, padded_vocab_size=cfg.padded_vocab(tp))
+    first = _chunks(model)[0]
+    cfg = cfg or first.dllm_config
+    cfg = dataclasses.replace(cfg, padded_vocab_size=cfg.padded_vocab(first.pg_collection.tp.size()))
     if dist.get_rank() == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import dist_checkpointing
 
 from dtrpo_mega.checkpoint.model import load_model, save_model, sharded_weights
 from dtrpo_mega.checkpoint.integrity import reading, verify_manifest, write_manifest, writing
@@ -46,12 +46,10 @@ class Resumed:
     path: Path
 
 
-def _layout() -> dict:
-    return {
-        "tp": parallel_state.get_tensor_model_parallel_world_size(),
-        "pp": parallel_state.get_pipeline_model_parallel_world_size(),
-        "dp": parallel_state.get_data_parallel_world_size(),
-    }
+def _layout(model) -> dict:
+    """The TP/PP/DP sizes of the groups `model` was built with."""
+    groups = model.pg_collection
+    return {"tp": groups.tp.size(), "pp": groups.pp.size(), "dp": groups.dp.size()}
 
 
 class CheckpointLock:
@@ -113,13 +111,14 @@ def save_checkpoint(root: str | Path, step: int, model, optimizer, config: dict,
     if hasattr(optimizer, "sharded_state_dict"):
         with writing(path / "optimizer"):
             dist_checkpointing.save(optimizer.sharded_state_dict(sharded_weights(model)), str(_mkdir(path / "optimizer")))
-    state = {"layout": _layout(), "torch_rng": torch.get_rng_state(), "optimizer": optimizer.state_dict() if hasattr(optimizer, "state_dict") else None}
+    state = {"layout": _layout(model), "torch_rng": torch.get_rng_state(),
+             "optimizer": optimizer.state_dict() if hasattr(optimizer, "state_dict") else None}
     with writing(path / f"rank_{rank:05d}.pt"):
         torch.save(state, path / f"rank_{rank:05d}.pt")
     dist.barrier()
     if rank == 0:
         with writing(path / "trainer.json"):
-            trainer = {"step": step, "layout": _layout(), "reference": reference, "config": config}
+            trainer = {"step": step, "layout": _layout(model), "reference": reference, "config": config}
             (path / "trainer.json").write_text(json.dumps(trainer, indent=2, default=str))
     dist.barrier()
     write_manifest(path)
@@ -165,7 +164,7 @@ def load_checkpoint(path: Path, model, optimizer, reference: str | None = None, 
     if verify:
         verify_manifest(path)
     load_model(model, path / "model", verify=verify)
-    same_layout = saved["layout"] == _layout()
+    same_layout = saved["layout"] == _layout(model)
     if same_layout:
         rank_file = path / f"rank_{dist.get_rank():05d}.pt"
         with reading(rank_file, "checkpoint"):

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from megatron.core import parallel_state
+from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.module import MegatronModule
 
 from dtrpo_mega.diffusion.mask import PAD_SEGMENT, TokenLayout
@@ -80,7 +80,7 @@ class DLLMCoreAttention(MegatronModule):
         attention_dropout: float | None = None,
         softmax_scale: float | None = None,
         cp_comm_type: str | None = None,
-        pg_collection=None,
+        pg_collection: ProcessGroupCollection | None = None,
         backend: AttentionBackend | str = AttentionBackend.AUTO,
         rope_theta: float = 10000.0,
     ):
@@ -93,7 +93,9 @@ class DLLMCoreAttention(MegatronModule):
         self.head_dim = config.kv_channels
         self.softmax_scale = softmax_scale if softmax_scale is not None else self.head_dim**-0.5
         self.te_attention = self._build_te(config, layer_number) if self.backend == AttentionBackend.TE else None
-        self.cp_group = getattr(pg_collection, "cp", None)  # None: megatron's global CP group
+        if pg_collection is None:  # megatron's SelfAttention passes its own; this default is megatron's too
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp", "cp"])
+        self.tp_group, self.cp_group = pg_collection.tp, pg_collection.cp  # tp_group: for sharded_state_dict
 
     def _build_te(self, config, layer_number):
         from transformer_engine.pytorch import DotProductAttention
@@ -122,8 +124,7 @@ class DLLMCoreAttention(MegatronModule):
         )
         query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
         if layout.query_index is not None:  # context parallel: attend to the keys of the whole row
-            group = self.cp_group if self.cp_group is not None else parallel_state.get_context_parallel_group()
-            key, value = gather_sequence(key, group), gather_sequence(value, group)
+            key, value = gather_sequence(key, self.cp_group), gather_sequence(value, self.cp_group)
             if key.shape[0] != layout.key_index.numel():
                 raise ValueError(
                     f"{key.shape[0]} gathered keys but the layout names {layout.key_index.numel()}: shard the layout "

@@ -12,9 +12,9 @@ import copy
 import torch
 from torch import Tensor
 
-from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
 
@@ -55,7 +55,8 @@ class DLLM(GPTModel):
     cross-entropy) are over the real vocabulary exactly as in the Hugging Face model.
     """
 
-    def __init__(self, cfg: DLLMConfig, transformer_config, transformer_layer_spec, pre_process: bool, post_process: bool, padded_vocab_size: int):
+    def __init__(self, cfg: DLLMConfig, transformer_config, transformer_layer_spec, pre_process: bool,
+                 post_process: bool, padded_vocab_size: int, pg_collection: ProcessGroupCollection):
         super().__init__(
             config=transformer_config,
             transformer_layer_spec=transformer_layer_spec,
@@ -65,6 +66,7 @@ class DLLM(GPTModel):
             post_process=post_process,
             share_embeddings_and_output_weights=cfg.tie_embeddings,
             position_embedding_type="none",
+            pg_collection=pg_collection,
         )
         self.dllm_config = cfg
         if post_process and padded_vocab_size > cfg.vocab_size:
@@ -78,7 +80,7 @@ class DLLM(GPTModel):
     def _mask_padded_vocab(self, module, inputs, output):
         logits, bias = output
         local = logits.shape[-1]
-        start = parallel_state.get_tensor_model_parallel_rank() * local
+        start = self.pg_collection.tp.rank() * local
         first_pad = self.dllm_config.vocab_size - start
         if first_pad >= local:
             return output
@@ -91,24 +93,25 @@ class DLLM(GPTModel):
 
 
 def build_model(cfg: DLLMConfig, params_dtype: torch.dtype = torch.float32, transformer_impl: str = "auto", recompute: RecomputeConfig | None = None,
-                seed: int | None = None) -> DLLM:
-    """This rank's pipeline stage of the model, on the current device, under the current groups,
-    recomputing activations in training mode as `recompute` says (None: keep them all). With a
-    `seed`, the weights are drawn from it alone, the same at every TP/PP (`models/init.py`);
-    without, megatron-core's per-rank initialization."""
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    pp = parallel_state.get_pipeline_model_parallel_world_size()
+                seed: int | None = None, pg_collection: ProcessGroupCollection | None = None) -> DLLM:
+    """This rank's pipeline stage of the model, on the current device, in the process groups of
+    `pg_collection` (a `Runtime`'s; None: megatron's global groups), recomputing activations in
+    training mode as `recompute` says (None: keep them all). With a `seed`, the weights are drawn
+    from it alone, the same at every TP/PP (`models/init.py`); without, megatron-core's per-rank
+    initialization."""
+    groups = pg_collection if pg_collection is not None else ProcessGroupCollection.use_mpu_process_groups()
+    tp, pp = groups.tp.size(), groups.pp.size()
     on_gpu = torch.cuda.is_available()
-    transformer_config = cfg.transformer_config(
-        tp, pp, params_dtype, use_cpu_initialization=not on_gpu, cp=parallel_state.get_context_parallel_world_size()
-    )
+    transformer_config = cfg.transformer_config(tp, pp, params_dtype, use_cpu_initialization=not on_gpu,
+                                                cp=groups.cp.size())
     model = DLLM(
         cfg,
         transformer_config,
         layer_spec(cfg, transformer_impl),
-        pre_process=parallel_state.is_pipeline_first_stage(),
-        post_process=parallel_state.is_pipeline_last_stage(),
+        pre_process=groups.pp.rank() == 0,
+        post_process=groups.pp.rank() == pp - 1,
         padded_vocab_size=cfg.padded_vocab(tp),
+        pg_collection=groups,
     )
     if recompute is not None:
         apply_recompute(model, recompute)

@@ -15,7 +15,6 @@ import hashlib
 import math
 
 import torch
-from megatron.core import parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
 
 from dtrpo_mega.checkpoint.model import sharded_weights
@@ -56,6 +55,7 @@ def init_weights(model, cfg: DLLMConfig, seed: int) -> None:
 def _init_tied_copy(model, cfg: DLLMConfig, seed: int) -> None:
     """The last stage's copy of a tied embedding (PP > 1), which its sharded state does not list."""
     weight = model.shared_embedding_or_output_weight()
-    rows, rank = weight.shape[0], parallel_state.get_tensor_model_parallel_rank()
-    whole = _draw(seed, cfg, VOCAB[0], (), [rows * parallel_state.get_tensor_model_parallel_world_size(), weight.shape[1]])
-    weight.data.copy_(whole[rank * rows : (rank + 1) * rows].to(weight.dtype))
+    rows, tp = weight.shape[0], model.pg_collection.tp
+    whole = _draw(seed, cfg, VOCAB[0], (), [rows * tp.size(), weight.shape[1]])
+    start = tp.rank() * rows
+    weight.data.copy_(whole[start : start + rows].to(weight.dtype))

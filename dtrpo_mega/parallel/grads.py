@@ -4,14 +4,13 @@ Megatron's `finalize_model_grads` expects DDP's `main_grad` buffers (a GPU path)
 same reductions are done here on `.grad`: the partial gradients of replicated parameters that see
 only this rank's heads or sequence shard (q/k norms, sequence-parallel norms) over the TP group,
 the tied embedding/output weight across the first and last pipeline stages, then the
-data-parallel mean (summing over context-parallel ranks).
+data-parallel mean (summing over context-parallel ranks), each over the model's own groups
+(`model.pg_collection`).
 """
 
 from __future__ import annotations
 
 import torch.distributed as dist
-
-from megatron.core import parallel_state
 
 
 def _is_tensor_parallel_partial(name: str, param) -> bool:
@@ -20,9 +19,9 @@ def _is_tensor_parallel_partial(name: str, param) -> bool:
 
 def reduce_tensor_parallel_partial_grads(model) -> None:
     """Sum over TP the gradients of replicated parameters that each rank sees only part of."""
-    if parallel_state.get_tensor_model_parallel_world_size() == 1:
+    group = model.pg_collection.tp
+    if group.size() == 1:
         return
-    group = parallel_state.get_tensor_model_parallel_group()
     for name, param in model.named_parameters():
         if param.grad is not None and _is_tensor_parallel_partial(name, param):
             dist.all_reduce(param.grad, group=group)
@@ -30,13 +29,13 @@ def reduce_tensor_parallel_partial_grads(model) -> None:
 
 def reduce_tied_embedding_grads(model) -> None:
     """Sum the gradient of the weight shared by the first and last pipeline stages."""
-    if parallel_state.get_pipeline_model_parallel_world_size() == 1 or not model.share_embeddings_and_output_weights:
+    if model.pg_collection.pp.size() == 1 or not model.share_embeddings_and_output_weights:
         return
     if not (model.pre_process or model.post_process):
         return
     weight = model.shared_embedding_or_output_weight()
     if weight.grad is not None:
-        dist.all_reduce(weight.grad, group=parallel_state.get_embedding_group())
+        dist.all_reduce(weight.grad, group=model.pg_collection.embd)
 
 
 def reduce_data_parallel_grads(model, num_units: float | None = None) -> None:
@@ -47,10 +46,9 @@ def reduce_data_parallel_grads(model, num_units: float | None = None) -> None:
     makes the result independent of how the global batch was split across ranks. A CP rank's
     gradient is the part from its own tokens, so CP ranks add up and never average.
     """
-    dp = parallel_state.get_data_parallel_world_size()
-    divisor = num_units if num_units is not None else dp
-    group = parallel_state.get_data_parallel_group(with_context_parallel=True)
-    reduce = dp * parallel_state.get_context_parallel_world_size() > 1
+    group = model.pg_collection.dp_cp
+    divisor = num_units if num_units is not None else model.pg_collection.dp.size()
+    reduce = group.size() > 1
     for param in model.parameters():
         if param.grad is not None:
             if reduce:

@@ -1,4 +1,18 @@
-"""Process groups, devices and seeds: torch.distributed plus megatron-core's model-parallel groups."""
+"""Process groups, devices and seeds: torch.distributed plus megatron-core's model-parallel groups.
+
+`initialize` creates megatron's groups once and keeps them as one `ProcessGroupCollection` on the
+`Runtime`. The model is built in it (`build_model(pg_collection=...)`, down to every layer), and
+the rest reads it from the runtime or from the model (`model.pg_collection`, megatron's own
+attribute): the schedule (`pg_collection`, `p2p_communicator`), DDP and the distributed optimizer,
+gradient reductions and clipping, seeds, losses, metrics and checkpoints. megatron's global
+`parallel_state` stays initialized for what megatron-core 0.16.1 offers no group argument:
+
+- `initialize_model_parallel` / `destroy_model_parallel` (here): the only constructor of megatron's groups.
+- `build_model` / `DLLMCoreAttention` given no collection (decoding, tools, tests): megatron's default, the globals.
+- `vocab_parallel_cross_entropy` (GPTModel's unfused loss) reads the TP group, rank and size: it takes no group.
+- `RowParallelLinear.forward` hands its matmul `tp_group=None`, which looks up the global TP group (unused there).
+- `tie_embeddings_and_output_weights_state_dict` (tied, PP > 1) reads the global DP x CP rank for a replica id.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from megatron.core import parallel_state
+from megatron.core.process_groups_config import ProcessGroupCollection
 
 from dtrpo_mega import quiet
 from dtrpo_mega.parallel import cpu_shims
@@ -18,6 +33,8 @@ from dtrpo_mega.parallel.layout import ParallelConfig
 
 @dataclass(frozen=True)
 class Runtime:
+    """This process's place in the layout and its process groups (`pg_collection`)."""
+
     rank: int
     world_size: int
     tp: int
@@ -25,14 +42,31 @@ class Runtime:
     dp: int
     cp: int
     device: torch.device
+    pg_collection: ProcessGroupCollection
+
+    @property
+    def tp_rank(self) -> int:
+        return self.pg_collection.tp.rank()
+
+    @property
+    def pp_rank(self) -> int:
+        return self.pg_collection.pp.rank()
+
+    @property
+    def dp_rank(self) -> int:
+        return self.pg_collection.dp.rank()
+
+    @property
+    def cp_rank(self) -> int:
+        return self.pg_collection.cp.rank()
 
     @property
     def is_last_stage(self) -> bool:
-        return parallel_state.is_pipeline_last_stage()
+        return self.pp_rank == self.pp - 1
 
     @property
     def is_first_stage(self) -> bool:
-        return parallel_state.is_pipeline_first_stage()
+        return self.pp_rank == 0
 
 
 def free_port() -> int:
@@ -84,23 +118,24 @@ def initialize(parallel: ParallelConfig, seed: int = 1234) -> Runtime:
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, context_parallel_size=cp)
-    set_seeds(seed)
+    groups = ProcessGroupCollection.use_mpu_process_groups()  # every group megatron made, taken once
+    set_seeds(seed, groups)
     quiet.report()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    return Runtime(dist.get_rank(), world, tp, pp, dp, cp, device)
+    return Runtime(dist.get_rank(), world, tp, pp, dp, cp, device, groups)
 
 
-def set_seeds(seed: int) -> None:
+def set_seeds(seed: int, groups: ProcessGroupCollection) -> None:
     """Per pipeline stage seeds (Megatron-LM's +100 * stage, so stages do not start identical);
     equal across TP ranks (weights are initialized whole, then split), TP-offset RNG regions."""
-    torch.manual_seed(seed + 100 * parallel_state.get_pipeline_model_parallel_rank())
-    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    torch.manual_seed(seed + 100 * groups.pp.rank())
     if torch.cuda.is_available():
         from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
-        model_parallel_cuda_manual_seed(seed)
+        model_parallel_cuda_manual_seed(seed, tp_rank=groups.tp.rank(), ep_rank=groups.ep.rank(),
+                                        etp_rank=groups.expt_tp.rank())
     else:
-        cpu_shims.install(seed, tp_rank)
+        cpu_shims.install(seed, groups.tp.rank())
 
 
 def comm_device() -> torch.device:

@@ -15,8 +15,6 @@ from functools import partial
 import torch
 import torch.distributed as dist
 
-from megatron.core import parallel_state
-
 from dtrpo_mega.config import TrainConfig
 from dtrpo_mega.diffusion.spec import SFTNormalizer
 from dtrpo_mega.losses.preference import NLLNormalization
@@ -57,22 +55,24 @@ def micro_batches_of(run: Run, step: int) -> list[ScoredRows]:
     epoch, cfg, rt = run.order.epoch_of(step), run.cfg.train, run.runtime
     pairs = lambda idx: [run.dataset[int(i)] for i in idx]  # noqa: E731
     if run.cfg.data.packing:
-        share = run.order.local_pairs(step, parallel_state.get_data_parallel_rank(), rt.dp)
+        share = run.order.local_pairs(step, rt.dp_rank, rt.dp)
         micro = run.rows.packed_micro_batches(pairs(share), epoch, cfg.micro_batch_tokens)
     else:
-        groups = run.order.local_micro_batches(step, parallel_state.get_data_parallel_rank(), rt.dp, cfg.micro_batch_size)
+        groups = run.order.local_micro_batches(step, rt.dp_rank, rt.dp, cfg.micro_batch_size)
         micro = [run.rows.micro_batch(pairs(idx), epoch) for idx in groups]
     return run.context_shards(micro)
 
 
 def step_loss(run: Run, micro: list[ScoredRows]):
     """The loss function of one step's micro-batches, with its global-batch normalizers."""
-    cfg = run.cfg
+    cfg, groups = run.cfg, run.runtime.pg_collection
     if cfg.objective.name.is_preference:
         batch_nll = cfg.loss.nll_weight and cfg.loss.nll_normalization == NLLNormalization.BATCH_TOKENS
-        return partial(policy_loss, cfg.loss, sequences_per_unit(micro, SFTNormalizer.RESPONSE_TOKENS) if batch_nll else None)
+        per_token = sequences_per_unit(micro, SFTNormalizer.RESPONSE_TOKENS, groups) if batch_nll else None
+        return partial(policy_loss, cfg.loss, per_token, groups.cp)
     per_sequence = run.rows.sft.normalizer == SFTNormalizer.SEQUENCE_LENGTH
-    return partial(sft_loss, run.rows.sft, None if per_sequence else sequences_per_unit(micro, run.rows.sft.normalizer))
+    per_unit = None if per_sequence else sequences_per_unit(micro, run.rows.sft.normalizer, groups)
+    return partial(sft_loss, run.rows.sft, per_unit, groups.cp)
 
 
 def train(cfg: TrainConfig) -> list[dict]:
@@ -125,10 +125,10 @@ def _train_steps(run: Run, policy, reference, optimizer, reference_id: str | Non
             lr = lr_at(step, cfg.optimizer, cfg.train.train_steps)
             grad_norm = optimizer.step(cfg.train.global_batch_size, lr)
             elapsed = time.perf_counter() - t0
-            if parallel_state.is_pipeline_last_stage():
-                metrics = reduce_reports(reports)
+            if run.runtime.is_last_stage:
+                metrics = reduce_reports(reports, run.runtime.pg_collection.dp)
                 sizes = torch.tensor([[mb.layout.positions.numel(), mb.padding_tokens(), mb.num_samples()] for mb in micro], dtype=torch.float64, device=comm_device()).sum(0)
-                dist.all_reduce(sizes, group=parallel_state.get_data_parallel_group())
+                dist.all_reduce(sizes, group=run.runtime.pg_collection.dp)
                 tokens, padding, rows = sizes.tolist()
                 metrics.update(grad_norm=grad_norm, lr=lr, pairs_per_s=cfg.train.global_batch_size / elapsed, tokens_per_s=tokens / elapsed,
                                rows_per_pair=rows / cfg.train.global_batch_size, padding_fraction=padding / tokens, step_s=elapsed)

@@ -18,8 +18,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megatron.core import parallel_state
-
 from dtrpo_mega.losses.preference import METRICS
 from dtrpo_mega.parallel.runtime import comm_device
 
@@ -28,11 +26,11 @@ CONSOLE = (("loss", "loss", ".4f"), ("rewards/accuracies", "acc", ".3f"), ("rewa
            ("rewards/chosen", "chosen", "+.4f"), ("rewards/rejected", "rejected", "+.4f"), ("grad_norm", "grad", ".3f"), ("lr", "lr", ".2e"))
 
 
-def reduce_reports(reports: list[dict]) -> dict[str, float]:
-    """Per-pair means of the last stage's summed reports (SFT: per example), over micro-batches and DP ranks."""
+def reduce_reports(reports: list[dict], dp_group: dist.ProcessGroup) -> dict[str, float]:
+    """Per-pair means of the last stage's summed reports (SFT: per example), over micro-batches and `dp_group`."""
     keys = [k for k in (*METRICS, *COUNTS) if k in reports[0]]
     totals = torch.tensor([[float(r[k]) for k in keys] for r in reports], dtype=torch.float64, device=comm_device()).sum(0)
-    dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+    dist.all_reduce(totals, group=dp_group)
     values = dict(zip(keys, totals.cpu().tolist()))
     pairs = values.pop("pairs")
     out = {k: values[k] / pairs for k in keys if k not in COUNTS}

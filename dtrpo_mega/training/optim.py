@@ -16,7 +16,6 @@ import math
 import torch
 import torch.distributed as dist
 
-from megatron.core import parallel_state
 from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
 from dtrpo_mega.config import OptimizerSection
@@ -38,12 +37,14 @@ def _decays(name: str, param) -> bool:
 
 def global_grad_norm(model) -> torch.Tensor:
     """L2 norm of the full model's gradient, every parameter counted once."""
+    groups = model.pg_collection
     squares = torch.zeros((), dtype=torch.float64)
     for param in model.parameters():
-        if param.grad is None or getattr(param, "shared", False) or not param_is_not_tensor_parallel_duplicate(param):
+        duplicate = not param_is_not_tensor_parallel_duplicate(param, groups.tp)
+        if param.grad is None or getattr(param, "shared", False) or duplicate:
             continue
         squares += param.grad.double().pow(2).sum()
-    dist.all_reduce(squares, group=parallel_state.get_model_parallel_group())
+    dist.all_reduce(squares, group=groups.mp)
     return squares.sqrt()
 
 
@@ -91,7 +92,8 @@ class MegatronOptimizer:
 
         self.model = model
         ddp = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=True)
-        self.module = DistributedDataParallel(config=model.config, ddp_config=ddp, module=model)
+        groups = model.pg_collection
+        self.module = DistributedDataParallel(config=model.config, ddp_config=ddp, module=model, pg_collection=groups)
         self.optimizer = get_megatron_optimizer(
             OptimizerConfig(
                 optimizer="adam", lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
@@ -100,6 +102,8 @@ class MegatronOptimizer:
                 use_distributed_optimizer=True,
             ),
             [self.module],
+            use_gloo_process_groups=False,  # refused with a pg_collection; only dp_zero optimizer formats use them
+            pg_collection=groups,
         )
         model.config.finalize_model_grads_func = finalize_model_grads
         model.config.grad_scale_func = self.optimizer.scale_loss

@@ -16,11 +16,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron.core import parallel_state
-
 from dtrpo_mega.data.keyed import save_keyed
 from dtrpo_mega.diffusion.scoring import exact_rows, logit_index, scoring_row
 from dtrpo_mega.diffusion.spec import ScoringLayout
+from dtrpo_mega.parallel.runtime import Runtime
 from dtrpo_mega.rows import ScoredRows, ScoredSample
 from dtrpo_mega.training.reference import ResidentReference
 from dtrpo_mega.training.setup import Run, build_reference_model, confidence_key, reference_key, setup_run
@@ -29,14 +28,14 @@ from dtrpo_mega.training.step import forward_backward
 
 def _my_pairs(run: Run) -> list[np.ndarray]:
     """This DP rank's share of all pairs, in micro-batches."""
-    share = np.array_split(np.arange(len(run.dataset)), run.runtime.dp)[parallel_state.get_data_parallel_rank()]
+    share = np.array_split(np.arange(len(run.dataset)), run.runtime.dp)[run.runtime.dp_rank]
     size = run.cfg.train.micro_batch_size
     return [share[i : i + size] for i in range(0, len(share), size)]
 
 
-def _gather_on_rank0(items: list) -> list | None:
+def _gather_on_rank0(items: list, runtime: Runtime) -> list | None:
     """Items of the last-stage, TP-rank-0 ranks, concatenated on global rank 0."""
-    mine = items if parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0 else []
+    mine = items if runtime.is_last_stage and runtime.tp_rank == 0 else []
     everyone = [None] * dist.get_world_size()
     dist.gather_object(mine, everyone if dist.get_rank() == 0 else None, dst=0)
     return [x for part in everyone for x in part] if dist.get_rank() == 0 else None
@@ -51,7 +50,7 @@ def precompute_sums(run: Run, epochs: int, out) -> None:
             [rows] = reference.with_reference(run.context_shards([run.rows.micro_batch([run.dataset[int(i)] for i in idx], epoch)]))
             if rows.ref_sums is not None:
                 found += [(epoch, int(i), s) for i, s in zip(idx, rows.ref_sums)]
-    gathered = _gather_on_rank0(found)
+    gathered = _gather_on_rank0(found, run.runtime)
     if gathered is not None:
         sums = torch.full((epochs, len(run.dataset), 2), float("nan"), dtype=torch.float64)
         for epoch, i, s in gathered:
@@ -93,7 +92,7 @@ def precompute_confidence(run: Run, out) -> None:
                 conf = [float(report["token_logps"][r, logit_index(j, n, seq.prompt_len, model_cfg.diffusion)])
                         for j in range(seq.prompt_len, seq.revealed_length)]
                 found.append((seq.index, seq.role, conf))
-    gathered = _gather_on_rank0(found)
+    gathered = _gather_on_rank0(found, run.runtime)
     if gathered is not None:
         lengths = torch.zeros(len(run.dataset), 2, dtype=torch.long)
         for i, role, conf in gathered:

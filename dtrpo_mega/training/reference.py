@@ -10,6 +10,7 @@ Either way `with_reference` returns the rows with `ref_sums` set (on the last pi
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,7 +30,8 @@ class ResidentReference:
     def with_reference(self, micro_batches: list[ScoredRows]) -> list[ScoredRows]:
         """The micro-batches with the reference sums (last pipeline stage; elsewhere unchanged)."""
         with torch.no_grad():
-            reports = forward_backward(self.model, micro_batches, reference_sums_loss, forward_only=True)
+            loss = partial(reference_sums_loss, self.model.pg_collection.cp)
+            reports = forward_backward(self.model, micro_batches, loss, forward_only=True)
         if not reports:
             return micro_batches
         return [mb.with_reference(report["ref_sums"]) for mb, report in zip(micro_batches, reports)]

@@ -14,8 +14,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron.core import parallel_state
-
 from dtrpo_mega.checkpoint.model import load_model, read_model_config
 from dtrpo_mega.config import ReferenceMode, TrainConfig
 from dtrpo_mega.data import PreferenceDataset
@@ -47,7 +45,7 @@ class Run:
         """This rank's context-parallel share of every row (the rows themselves at CP=1)."""
         if self.runtime.cp == 1:
             return micro
-        return [mb.context_shard(parallel_state.get_context_parallel_rank(), self.runtime.cp) for mb in micro]
+        return [mb.context_shard(self.runtime.cp_rank, self.runtime.cp) for mb in micro]
 
 
 def resolve_model_config(cfg: TrainConfig) -> DLLMConfig:
@@ -113,7 +111,8 @@ def check_pairs_fit(dataset: PreferenceDataset, rows: RowBuilder, cfg: TrainConf
 
 def build_policy(run: Run):
     seed = None if run.cfg.model.load else run.cfg.train.seed  # random weights: the same at every layout
-    model = build_model(run.model_config, params_dtype=run.dtype, recompute=run.cfg.train.recompute, seed=seed)  # the reference never recomputes
+    model = build_model(run.model_config, params_dtype=run.dtype, recompute=run.cfg.train.recompute, seed=seed,
+                        pg_collection=run.runtime.pg_collection)  # the reference never recomputes
     model.config.calculate_per_token_loss = True  # losses are sums; gradients divided by global pairs
     if run.cfg.model.load:
         load_model(model, run.cfg.model.load)
@@ -161,7 +160,8 @@ def confidence_key(run: Run) -> dict:
 def build_reference_model(run: Run, policy=None):
     """The frozen reference: `reference.load`, else the policy's initial weights."""
     loads = run.cfg.reference.load or policy is not None or run.cfg.model.load
-    model = build_model(run.model_config, params_dtype=run.dtype, seed=None if loads else run.cfg.train.seed)
+    model = build_model(run.model_config, params_dtype=run.dtype, seed=None if loads else run.cfg.train.seed,
+                        pg_collection=run.runtime.pg_collection)
     if run.cfg.reference.load:
         load_model(model, run.cfg.reference.load)
     elif policy is not None:

@@ -2,6 +2,7 @@
 
 The loss runs only in the last pipeline stage, Megatron's way: the forward step returns
 `(output, partial(loss_func, micro_batch))` and `loss_func` returns `(loss_sum, count, report)`.
+The schedule runs over the process groups the model was built with (`model.pg_collection`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Callable, Protocol
 from torch import Tensor
 
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator
+from megatron.core.utils import get_attr_wrapped_model, get_model_config
 
 from dtrpo_mega.diffusion.mask import TokenLayout
 
@@ -36,13 +39,14 @@ def forward_backward(model, micro_batches: list[ModelInputs], loss_func: LossFun
     is the token log-prob and logits are never gathered across tensor-parallel ranks.
     """
     device = next(model.parameters()).device
+    groups = get_attr_wrapped_model(model, "pg_collection", allow_none=False)  # through a DDP wrapper
 
     def forward_step(data_iterator, model_chunk):
         mb = next(data_iterator).to(device)
         output = model_chunk(mb.tokens, mb.layout, labels=mb.labels)
         return output, partial(loss_func, mb)
 
-    return get_forward_backward_func()(
+    return get_forward_backward_func(pp_size=groups.pp.size(), vp_size=None)(
         forward_step_func=forward_step,
         data_iterator=iter(micro_batches),
         model=[model],
@@ -50,4 +54,6 @@ def forward_backward(model, micro_batches: list[ModelInputs], loss_func: LossFun
         seq_length=max(mb.tokens.shape[1] for mb in micro_batches),
         micro_batch_size=micro_batches[0].tokens.shape[0],
         forward_only=forward_only,
+        p2p_communicator=P2PCommunicator(pp_group=groups.pp, config=get_model_config(model)),
+        pg_collection=groups,
     )

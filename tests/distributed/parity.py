@@ -5,7 +5,8 @@ Usage: torchrun --nproc-per-node 4 parity.py FAMILY WORK_DIR [tied|untied]
 The TP=1/PP=1 reference weights and gradients are saved as megatron dist checkpoints; each other
 layout loads the weights resharded, runs the same micro-batches through the pipeline schedule,
 and compares its last-stage log-probs and every local gradient shard with the reference
-gradients loaded into the same layout.
+gradients loaded into the same layout. Every layout also checks that the model's modules and the
+schedule run over the runtime's own `pg_collection`, not megatron's global groups.
 """
 
 import sys
@@ -14,15 +15,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megatron.core import parallel_state
-
 from common import Batch, assert_grads_match, load_weights, save_grads, save_weights
 
 from dtrpo_mega.diffusion.mask import block_diffusion_sample, collate, plain_sample
-from dtrpo_mega.models.dllm import build_model
+from dtrpo_mega.models.dllm import DLLM, build_model
 from dtrpo_mega.models.families import model_config
 from dtrpo_mega.parallel.grads import finalize_grads
-from dtrpo_mega.parallel.runtime import ParallelConfig, initialize
+from dtrpo_mega.parallel.runtime import ParallelConfig, Runtime, initialize
 from dtrpo_mega.training.step import forward_backward
 
 LAYOUTS = [(2, 1), (1, 2), (2, 2)]
@@ -54,14 +53,37 @@ def loss_func(mb: Batch, token_ce: torch.Tensor):
     return loss_sum, scored.sum().int(), {"logps": (-token_ce * scored).detach()}
 
 
-def run(cfg, tp, pp):
-    initialize(ParallelConfig(tp, pp), seed=5)
-    return build_model(cfg)
+def run(cfg, tp, pp) -> tuple[Runtime, DLLM]:
+    runtime = initialize(ParallelConfig(tp, pp), seed=5)
+    return runtime, build_model(cfg, pg_collection=runtime.pg_collection)
 
 
-def step(model):
+def check_explicit_groups(model: DLLM, runtime: Runtime) -> None:
+    """The model and its modules hold the runtime's collection itself (megatron makes a new one from
+    its globals where none is passed) and the runtime's groups."""
+    groups = runtime.pg_collection
+    assert model.pg_collection is groups and model.decoder.pg_collection is groups
+    for layer in model.decoder.layers:
+        attention = layer.self_attention
+        assert layer.pg_collection is groups and attention.pg_collection is groups
+        assert attention.core_attention.cp_group is groups.cp and attention.core_attention.tp_group is groups.tp
+        assert attention.linear_qkv.tp_group is groups.tp and attention.linear_proj.tp_group is groups.tp
+        assert layer.mlp.linear_fc1.tp_group is groups.tp and layer.mlp.linear_fc2.tp_group is groups.tp
+    assert model.pre_process == runtime.is_first_stage and model.post_process == runtime.is_last_stage
+    if model.pre_process:
+        assert model.embedding.word_embeddings.tp_group is groups.tp
+    if model.post_process:
+        assert model.output_layer.tp_group is groups.tp
+
+
+def step(model: DLLM) -> list[torch.Tensor]:
+    """Forward and backward through the schedule, which must hand its finalizer the model's own collection."""
+    seen = []
+    model.config.finalize_model_grads_func = lambda *args, pg_collection=None, **kwargs: seen.append(pg_collection)
     model.zero_grad()
     reports = forward_backward(model, micro_batches(model.dllm_config), loss_func)
+    model.config.finalize_model_grads_func = None
+    assert len(seen) == 1 and seen[0] is model.pg_collection, "the schedule did not run over the model's pg_collection"
     finalize_grads(model)
     return [r["logps"] for r in reports]
 
@@ -69,25 +91,27 @@ def step(model):
 def main():
     family, work, tying = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     cfg = model_config(family, tie_embeddings=tying == "tied", num_layers=4)
-    model = run(cfg, 1, 1)
+    _, model = run(cfg, 1, 1)
     reference_logps = step(model)
     save_weights(model, work / "weights")
     save_grads(model, work / "grads")
     assert all(r.abs().sum() > 0 for r in reference_logps)
 
     for tp, pp in LAYOUTS:
-        model = run(cfg, tp, pp)
+        runtime, model = run(cfg, tp, pp)
+        check_explicit_groups(model, runtime)
         load_weights(model, work / "weights")
         logps = step(model)
-        if parallel_state.is_pipeline_last_stage():
+        if runtime.is_last_stage:
             assert len(logps) == len(reference_logps)
             for got, ref in zip(logps, reference_logps):
                 torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-        reference_grads = run(cfg, tp, pp)
+        _, reference_grads = run(cfg, tp, pp)
         load_weights(reference_grads, work / "grads")
         checked = assert_grads_match(model, reference_grads, f"TP={tp} PP={pp}")
         dist.barrier()
         if dist.get_rank() == 0:
+            print(f"EXPLICIT GROUPS OK TP={tp} PP={pp}", flush=True)
             print(f"PARITY OK family={family} {tying} TP={tp} PP={pp} params_checked_rank0={checked}", flush=True)
 
 

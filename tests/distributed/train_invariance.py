@@ -15,8 +15,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megatron.core import parallel_state
-
 from common import assert_grads_match, load_weights, save_grads, save_weights
 from dtrpo_mega.config import load_config
 from dtrpo_mega.parallel.grads import finalize_grads
@@ -89,7 +87,7 @@ def main():
         if not mbs:
             assert len(micro) < 8 / run.runtime.dp and micro[0].tokens.shape[0] == 1 and micro[0].tokens.shape[1] <= ROW_TOKENS // cp, f"{name}: not packed"
 
-        metrics = reduce_reports(reports) if parallel_state.is_pipeline_last_stage() else None
+        metrics = reduce_reports(reports, run.runtime.pg_collection.dp) if run.runtime.is_last_stage else None
         if n == 0:
             expected_metrics = metrics
             assert abs(metrics["loss"] - 0.6931) > 1e-4, "log-ratios should not all vanish"
