@@ -41,7 +41,7 @@ def world_of_one():
 @pytest.fixture(scope="session")
 def counting_datasets(tmp_path_factory):
     """family -> a 48-pair synthetic preference dataset (counting task) preprocessed for it."""
-    from dtrpo_mega.synthetic import prepare_counting_dataset
+    from dtrpo_mega.data.synthetic import prepare_counting_dataset
 
     root = tmp_path_factory.mktemp("counting")
     return lambda family: prepare_counting_dataset(root / family / family, family, num_pairs=48, length=11)

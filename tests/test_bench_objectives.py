@@ -2,11 +2,13 @@
 
 import argparse
 import importlib.util
+import sys
 
 from conftest import REPO
 
 
 def _bench():
+    sys.path.insert(0, str(REPO / "tools"))  # for bench_common, as when the tool runs as a script
     spec = importlib.util.spec_from_file_location("bench_objectives", REPO / "tools" / "bench_objectives.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -9,8 +9,11 @@ import sys
 import pytest
 
 from conftest import REPO
-from dtrpo_mega.reproduce.results import RESULTS_BEGIN
-from dtrpo_mega.reproduce.task import SortingTask
+from dtrpo_mega.data.synthetic import ListTask
+
+sys.path.insert(0, str(REPO / "examples" / "reproduce_small"))  # the reproduction is an example, not the library
+from pipeline import SeedRun, load_repro_config  # noqa: E402
+from results import RESULTS_BEGIN  # noqa: E402
 
 REDUCED = [
     "task.items=2", "task.max_value=10", "sft_examples=64", "sft.steps=60", "sft.global_batch_size=32", "sft.micro_batch_size=32",
@@ -41,7 +44,7 @@ def test_reproduction_runs_end_to_end_and_resumes(tmp_path):
         pairs = [json.loads(line) for line in (out / f"seed{seed}" / "pairs.jsonl").read_text().splitlines()]
         assert len(pairs) == result["pairs"]["pairs"] >= 4
         for p in pairs:  # chosen verified correct, rejected incorrect, a reveal step per token, end-of-turn and decoded tail
-            assert SortingTask.answer(p["prompt"]) == p["chosen"] != p["rejected"]
+            assert ListTask().answer(p["prompt"]) == p["chosen"] != p["rejected"]
             for role in ("chosen", "rejected"):
                 assert len(p[f"{role}_steps"]) == len(p[role].split()) + 1 + len(p[f"{role}_tail"])
     text = report.read_text()
@@ -58,8 +61,6 @@ def test_reproduction_runs_end_to_end_and_resumes(tmp_path):
 
 
 def test_kept_stages_are_reused_only_by_their_config(tmp_path):
-    from dtrpo_mega.reproduce.pipeline import SeedRun, load_repro_config
-
     SeedRun(load_repro_config(None, ["held_out_prompts=8"]), 0, tmp_path)
     SeedRun(load_repro_config(None, ["held_out_prompts=8"]), 0, tmp_path)
     with pytest.raises(ValueError, match=r"seed0 holds stages made with another config \(beta, held_out_prompts differ\)"):

@@ -206,7 +206,7 @@ def test_generate_tool_records_logged_steps(world_of_one, tmp_path, capsys):
     import json
 
     from dtrpo_mega.checkpoint.model import save_model
-    from dtrpo_mega.synthetic import write_tokenizer
+    from dtrpo_mega.data.synthetic import write_tokenizer
 
     save_model(_model("fast_dllm_v2"), tmp_path / "iter_0000001" / "model")
     tokenizer = write_tokenizer(tmp_path / "tokenizer.json")

@@ -10,8 +10,7 @@ from dtrpo_mega.config import load_config
 from dtrpo_mega.data import build_preference_dataset
 from dtrpo_mega.diffusion.spec import SFTNormalizer
 from dtrpo_mega.losses.sft import masked_diffusion_loss
-from dtrpo_mega.reproduce.task import SortingTask, write_completions
-from dtrpo_mega.synthetic import write_tokenizer
+from dtrpo_mega.data.synthetic import ListTask, write_completions, write_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +18,10 @@ def sorting_data(tmp_path_factory):
     """(completion dataset, preference dataset) of the sorting task for the tiny fast_dllm_v2."""
     root = tmp_path_factory.mktemp("sorting")
     tokenizer = write_tokenizer(root / "tokenizer.json")
-    prompts = SortingTask(items=4).problems(24, seed=0)
-    build_preference_dataset(write_completions(root / "sft.jsonl", prompts), tokenizer, "fast_dllm_v2", root / "sft", max_length=64)
+    prompts = ListTask(items=4).problems(24, seed=0)
+    build_preference_dataset(write_completions(root / "sft.jsonl", ListTask(items=4), prompts), tokenizer, "fast_dllm_v2", root / "sft", max_length=64)
     pairs = root / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt": p, "chosen": SortingTask.answer(p), "rejected": "1 2 3"}) + "\n" for p in prompts))
+    pairs.write_text("".join(json.dumps({"prompt": p, "chosen": ListTask().answer(p), "rejected": "1 2 3"}) + "\n" for p in prompts))
     build_preference_dataset(pairs, tokenizer, "fast_dllm_v2", root / "pairs", max_length=64)
     return str(root / "sft"), str(root / "pairs")
 
@@ -120,7 +119,7 @@ def test_sft_trains_through_the_loop(world_of_one, sorting_data, tmp_path):
 
 
 def test_sorting_task_answers_and_held_out_prompts():
-    task = SortingTask(items=5, max_value=20)
+    task = ListTask(items=5, max_value=20)
     assert task.answer("sort 3 12 0 12 7 :") == "0 3 7 12 12"
     assert task.is_correct("sort 3 1 :", " 1  3\n") and not task.is_correct("sort 3 1 :", "3 1")
     held_out = task.problems(50, seed=1)

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from dtrpo_mega.benchmark import add_backbone_options, backbone_config, host, write_results
+from bench_common import add_backbone_options, backbone_config, host, write_results
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from dtrpo_mega.benchmark import add_backbone_options, backbone_config, host, write_results
+from bench_common import add_backbone_options, backbone_config, host, write_results
 
 OBJECTIVES = ["dpo_causal", "dtrpo", "vrpo_1", "vrpo_4", "vrpo_8", "exact_trajectory"]
 

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from dtrpo_mega.benchmark import add_backbone_options, backbone_config, host, write_results
+from bench_common import add_backbone_options, backbone_config, host, write_results
 
 
 def preference_like_pairs(n: int, vocab: int, scale: float, seed: int):

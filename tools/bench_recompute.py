@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from dtrpo_mega.benchmark import add_backbone_options, backbone_config, host, write_results
+from bench_common import add_backbone_options, backbone_config, host, write_results
 from dtrpo_mega.models.recompute import RecomputeConfig, RecomputeGranularity, RecomputeMethod
 
 SETTINGS = ["none", "selective", "full_uniform_1", "full_block_half"]

@@ -24,7 +24,7 @@ import math
 import numpy as np
 import torch
 
-from dtrpo_mega.benchmark import host, write_results
+from bench_common import host, write_results
 
 # block size (= sub-block size), tokens per step, prompt length, response length: 2-3 blocks,
 # prompts not a multiple of the block (blocks start at the prompt's end), a short last block.

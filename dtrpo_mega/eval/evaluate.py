@@ -27,6 +27,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     from dtrpo_mega.eval import Limits, read_examples, run_task, table, write_json
+    from dtrpo_mega.eval.runner import SamplerResponder
     from dtrpo_mega.eval.cli import add_decoder_options, build_decoder
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,23 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    totals = {"new_tokens": 0, "forward_passes": 0, "seconds": 0.0}
-
-    def respond(prompts):
-        generations, stats = decoder.sampler.generate([decoder.renderer.ids(p) for p in prompts], decoder.generator)
-        for key in totals:
-            totals[key] += getattr(stats, key)
-        return [decoder.renderer.text(g.tokens) for g in generations]
+    respond = SamplerResponder(decoder.sampler, decoder.renderer, decoder.generator)
 
     results = [run_task(name, examples, respond, decoder.batch_size, limits) for name, examples in tasks.items()]
     if args.pairs:
         results.append(pairwise(args, decoder.sampler.model))
     print(table(results))
-    speed = dict(tokens_per_forward=totals["new_tokens"] / max(totals["forward_passes"], 1),
-                 tokens_per_second=totals["new_tokens"] / max(totals["seconds"], 1e-9))
+    speed = dict(tokens_per_forward=respond.tokens_per_forward, tokens_per_second=respond.tokens_per_second)
     print(f"{speed['tokens_per_forward']:.2f} tokens/forward, {speed['tokens_per_second']:.1f} tokens/s")
     settings = {**{k: v for k, v in vars(args).items() if k != "tasks"}, "prompt_format": decoder.prompt_format}
-    write_json(args.out, results, {"settings": settings, "tasks": args.tasks, **totals, **speed})
+    write_json(args.out, results, {"settings": settings, "tasks": args.tasks, **respond.totals, **speed})
     print(f"wrote {args.out}")
     return 0
 

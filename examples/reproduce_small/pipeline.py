@@ -11,13 +11,12 @@
 A finished stage writes a JSON file and is skipped when the pipeline runs again with the same
 config (another config is refused), so an interrupted reproduction resumes where it stopped.
 
-    python -m dtrpo_mega.reproduce.pipeline --config CFG.yaml --seed S --out DIR [section.key=value ...]
+    python examples/reproduce_small/pipeline.py --config CFG.yaml --seed S --out DIR [section.key=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,11 +26,12 @@ import torch
 
 from dtrpo_mega.config import TrainConfig, build_dataclass, load_dataclass
 from dtrpo_mega.data import build_preference_dataset
-from dtrpo_mega.generation.sampler import DecodeConfig, Sampler
+from dtrpo_mega.data.synthetic import ListTask, write_completions, write_examples, write_jsonl, write_tokenizer
+from dtrpo_mega.eval.runner import SamplerResponder, run_task
+from dtrpo_mega.eval.tasks import Example, TaskKind
 from dtrpo_mega.generation.model import PromptRenderer, family_sampler, load_for_decoding, model_folder
-from dtrpo_mega.eval.runner import run_task
-from dtrpo_mega.reproduce.task import SortingTask, examples, write_completions, write_examples
-from dtrpo_mega.synthetic import write_tokenizer
+from dtrpo_mega.generation.pairs import sample_pairs
+from dtrpo_mega.generation.sampler import DecodeConfig, Sampler
 from dtrpo_mega.training.loop import train
 
 HELD_OUT_SEED = 10_000  # the held-out prompts are the same for every seed
@@ -52,7 +52,7 @@ class ReproConfig:
     family: str = "fast_dllm_v2"
     size: str = "tiny"
     model_overrides: dict = field(default_factory=dict)
-    task: SortingTask = field(default_factory=SortingTask)
+    task: ListTask = field(default_factory=ListTask)
     sft_examples: int = 8192
     sft: StageSettings = field(default_factory=lambda: StageSettings(1000, 3e-3, 64, 64, 50))
     sample_prompts: int = 2048  # prompts the SFT model answers to make preference pairs
@@ -111,7 +111,7 @@ class SeedRun:
         unseen = frozenset(self.held_out)
         self.sft_prompts = task.problems(cfg.sft_examples, seed * 2 + 1, exclude=unseen)
         self.pair_prompts = task.problems(cfg.sample_prompts, seed * 2 + 2, exclude=unseen)
-        write_examples(self.dir / "held_out.jsonl", self.held_out)
+        write_examples(self.dir / "held_out.jsonl", self.cfg.task, self.held_out)
 
     def _check_same_config(self) -> None:
         """Kept stages are only reused by the config that made them."""
@@ -134,7 +134,7 @@ class SeedRun:
     # --- stages -----------------------------------------------------------------------------
 
     def _sft(self) -> dict:
-        jsonl = write_completions(self.dir / "sft.jsonl", self.sft_prompts)
+        jsonl = write_completions(self.dir / "sft.jsonl", self.cfg.task, self.sft_prompts)
         prefix = self.dir / "data" / "sft"
         build_preference_dataset(jsonl, self.tokenizer, self.cfg.family, prefix, max_length=64)
         history, seconds = self._train("sft", {"objective": {"name": "sft"}, "scheduler": {"mode": "random_mask"}}, prefix, self.cfg.sft)
@@ -144,35 +144,18 @@ class SeedRun:
     def _pairs(self, model: str) -> dict:
         cfg = self.cfg
         sampler, renderer = self._sampler(model, cfg.temperature)
-        generator = torch.Generator().manual_seed(self.seed)
-        records, sampled, correct = [], 0, 0
-        per_batch = max(cfg.batch_size // cfg.samples_per_prompt, 1)
-        for start in range(0, len(self.pair_prompts), per_batch):
-            batch = self.pair_prompts[start : start + per_batch]
-            ids = [renderer.ids(p) for p in batch for _ in range(cfg.samples_per_prompt)]
-            generations, _ = sampler.generate(ids, generator)
-            for i, prompt in enumerate(batch):
-                good, bad = {}, {}
-                for gen in generations[i * cfg.samples_per_prompt : (i + 1) * cfg.samples_per_prompt]:
-                    text = renderer.text(gen.tokens)
-                    # a pair needs text that tokenizes back to the sampled ids (then the steps line up)
-                    usable = gen.ended and text.strip() and renderer.encoder.response(text, False) == gen.tokens
-                    ok = cfg.task.is_correct(prompt, text)
-                    sampled, correct = sampled + 1, correct + ok
-                    if usable:
-                        (good if ok else bad).setdefault(text, (gen.reveal_steps, gen.tail))
-                for (chosen, (c_steps, c_tail)), (rejected, (r_steps, r_tail)) in itertools.islice(itertools.product(good.items(), bad.items()), cfg.pairs_per_prompt):
-                    records.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "chosen_steps": c_steps, "rejected_steps": r_steps,
-                                    "chosen_tail": c_tail, "rejected_tail": r_tail})
-        if len(records) < cfg.preference.global_batch_size:
-            raise RuntimeError(f"seed {self.seed}: {len(records)} (correct, incorrect) pairs from {sampled} samples "
-                               f"({correct} correct), fewer than preference.global_batch_size={cfg.preference.global_batch_size}: "
-                               "train SFT longer, or sample more prompts or at another temperature")
-        jsonl = self.dir / "pairs.jsonl"
-        jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+        sampled = sample_pairs(sampler, renderer, self.pair_prompts, cfg.task.is_correct, cfg.samples_per_prompt,
+                               cfg.pairs_per_prompt, cfg.batch_size, torch.Generator().manual_seed(self.seed))
+        if len(sampled.records) < cfg.preference.global_batch_size:
+            raise RuntimeError(f"seed {self.seed}: {len(sampled.records)} (correct, incorrect) pairs from {sampled.samples} "
+                               f"samples ({sampled.correct} correct), fewer than preference.global_batch_size="
+                               f"{cfg.preference.global_batch_size}: train SFT longer, or sample more prompts or at another "
+                               "temperature")
+        jsonl = write_jsonl(self.dir / "pairs.jsonl", sampled.records)
         prefix = self.dir / "data" / "pairs"
         build_preference_dataset(jsonl, self.tokenizer, cfg.family, prefix, max_length=64)
-        return {"dataset": str(prefix), "pairs": len(records), "samples": sampled, "sample_accuracy": correct / max(sampled, 1)}
+        return {"dataset": str(prefix), "pairs": len(sampled.records), "samples": sampled.samples,
+                "sample_accuracy": sampled.sample_accuracy}
 
     def _preference(self, method: str, model: str, dataset: str) -> dict:
         sections = {**METHODS[method], "loss": {"beta": self.cfg.beta, "nll_weight": self.cfg.nll_weight}}
@@ -220,17 +203,12 @@ class SeedRun:
         return family_sampler(policy, decode), renderer
 
     def _accuracy(self, model: str) -> dict:
-        sampler, renderer = self._sampler(model, 0.0)
-        passes, tokens, start = 0, 0, time.perf_counter()
-
-        def respond(prompts: list) -> list[str]:
-            nonlocal passes, tokens
-            generations, stats = sampler.generate([renderer.ids(p) for p in prompts])
-            passes, tokens = passes + stats.forward_passes, tokens + stats.new_tokens
-            return [renderer.text(g.tokens) for g in generations]
-
-        result = run_task("sorting", examples(self.held_out), respond, self.cfg.batch_size)
-        return {"accuracy": result.accuracy, "tokens_per_forward": tokens / max(passes, 1), "eval_seconds": time.perf_counter() - start}
+        respond = SamplerResponder(*self._sampler(model, 0.0))
+        examples = [Example(str(i), p, TaskKind.EXACT, self.cfg.task.answer(p)) for i, p in enumerate(self.held_out)]
+        start = time.perf_counter()
+        result = run_task("sorting", examples, respond, self.cfg.batch_size)
+        return {"accuracy": result.accuracy, "tokens_per_forward": respond.tokens_per_forward,
+                "eval_seconds": time.perf_counter() - start}
 
 
 def main(argv: list[str] | None = None) -> None:

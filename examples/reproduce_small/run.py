@@ -4,7 +4,7 @@ against VRPO, the exact trajectory objective and mean-field DPO, held-out accura
     python examples/reproduce_small/run.py [--seeds 0 1 2] [--jobs 2] [--out runs/reproduce_small]
                                            [--report docs/results.md] [--config CFG] [field=value ...]
 
-Each seed runs in its own process (`python -m dtrpo_mega.reproduce.pipeline`), `--jobs` at a time,
+Each seed runs in its own process (`python examples/reproduce_small/pipeline.py`), `--jobs` at a time,
 each with its share of the CPU cores; its log is OUT/seedS.log. Finished stages are kept, so a
 rerun resumes. The report (tables) and its plot (gain against cost) go to --report.
 """
@@ -32,7 +32,7 @@ def run_seeds(args) -> None:
     while pending or running:
         while pending and len(running) < args.jobs:
             seed = pending.pop(0)
-            cmd = [sys.executable, "-m", "dtrpo_mega.reproduce.pipeline", "--config", args.config, "--seed", str(seed), "--out", str(out), *args.overrides]
+            cmd = [sys.executable, str(HERE / "pipeline.py"), "--config", args.config, "--seed", str(seed), "--out", str(out), *args.overrides]
             log = (out / f"seed{seed}.log").open("w")
             print(f"seed {seed}: started, log {log.name}", flush=True)
             running[seed] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO), log, time.time())
@@ -63,7 +63,7 @@ def main() -> None:
         print(f"note: {len(args.seeds)} seed(s); the report's variance needs at least 3", flush=True)
     run_seeds(args)
 
-    from dtrpo_mega.reproduce.results import load_seeds, write_report
+    from results import load_seeds, write_report  # beside this script
 
     command = "python examples/reproduce_small/run.py " + shlex.join(sys.argv[1:])
     report, png = write_report(load_seeds(Path(args.out), args.seeds), Path(args.report), command.strip())
