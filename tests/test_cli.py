@@ -16,10 +16,11 @@ import pytest
 from conftest import REPO
 from dtrpo_mega import cli
 from dtrpo_mega.data import PreferenceDataset, build_preference_dataset
-from dtrpo_mega.generation.model import choose_prompt_format, training_prompt_format
-from dtrpo_mega.synthetic import write_tokenizer
+from dtrpo_mega.data.synthetic import prepare_counting_dataset
+from dtrpo_mega.generation.model import choose_prompt_format, choose_tokenizer, training_prompt_format
+from dtrpo_mega.data.synthetic import write_tokenizer
 
-COMMANDS = ["train", "preprocess", "precompute-reference", "convert", "generate", "evaluate", "demo"]
+COMMANDS = ["train", "preprocess", "precompute-reference", "convert", "generate", "evaluate", "lm-eval", "demo"]
 TOOLS = {"train": "train", "preprocess": "preprocess_data", "precompute-reference": "precompute_reference",
          "convert": "convert_checkpoint", "generate": "generate", "evaluate": "evaluate", "demo": "demo"}
 SCRIPT = Path(sys.executable).parent / "dtrpo"  # the console script of `pip install` (-e .)
@@ -52,7 +53,8 @@ def test_each_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit:
         cli.main([command, "--help"])
     assert exit.value.code == 0
-    assert capsys.readouterr().out.startswith(f"usage: dtrpo {command} ")
+    usage = "usage: lm-eval " if command == "lm-eval" else f"usage: dtrpo {command} "  # lm-eval's own command line
+    assert capsys.readouterr().out.startswith(usage)
 
 
 def test_no_or_unknown_command_is_a_usage_error(capsys):
@@ -63,7 +65,7 @@ def test_no_or_unknown_command_is_a_usage_error(capsys):
     assert "invalid choice: 'trian'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", TOOLS)
 def test_tools_run_the_same_functions(command):
     spec = importlib.util.spec_from_file_location(f"tool_{TOOLS[command]}", REPO / "tools" / f"{TOOLS[command]}.py")
     tool = importlib.util.module_from_spec(spec)
@@ -168,6 +170,23 @@ def test_prompt_format_falls_back_to_chat_and_says_why(tmp_path, counting_data):
     old.with_suffix(".json").write_text(json.dumps(metadata))
     fmt, why = choose_prompt_format(_training_checkpoint(tmp_path / "ckpt", str(old)))
     assert fmt == "chat" and "preprocessed before prompt_format was recorded" in why
+
+
+def test_tokenizer_comes_from_the_training_data_unless_changed(tmp_path):
+    data = prepare_counting_dataset(tmp_path / "data" / "pairs", num_pairs=4)
+    tokenizer = tmp_path / "data" / "tokenizer.json"
+    root = _training_checkpoint(tmp_path / "ckpt", data)
+    found, why = choose_tokenizer(root)
+    assert found == tokenizer and why == f"tokenizer: {tokenizer}, the tokenizer of its training data {data} " \
+        f"(data.path in {root / 'iter_0000001' / 'trainer.json'})"
+    assert choose_tokenizer(root, "given.json") == (Path("given.json"), "tokenizer: given.json")
+    tokenizer.write_text(tokenizer.read_text() + "\n")  # another tokenizer under the recorded name
+    with pytest.raises(ValueError, match=f"the tokenizer {tokenizer} changed since its training data .* was preprocessed"):
+        choose_tokenizer(root)
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "dtrpo_model.json").write_text("{}")
+    with pytest.raises(ValueError, match="holds no tokenizer.json or tokenizer.model, and .* is not a training checkpoint"):
+        choose_tokenizer(tmp_path / "bare")
 
 
 # --- a trained checkpoint --------------------------------------------------------------------------

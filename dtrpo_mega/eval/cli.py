@@ -9,13 +9,15 @@ import torch
 
 from dtrpo_mega.generation.sampler import DecodeConfig, Sampler
 from dtrpo_mega.data import load_tokenizer
-from dtrpo_mega.generation.model import PromptRenderer, check_tokenizer_fits, choose_prompt_format, family_sampler, load_for_decoding
+from dtrpo_mega.generation.model import (PromptRenderer, check_tokenizer_fits, choose_prompt_format, choose_tokenizer,
+                                         family_sampler, load_for_decoding)
 from dtrpo_mega.models.families import get_family
 
 
 def add_decoder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="dtrpo checkpoint (model folder / iter_* / training root) or Hugging Face folder")
-    parser.add_argument("--tokenizer", required=True, help="tokenizer.json, tokenizer.model, or a folder holding one")
+    parser.add_argument("--tokenizer", help="tokenizer.json, tokenizer.model, or a folder holding one (default: the one "
+                        "in a Hugging Face --ckpt, else the one a training checkpoint's data was made with)")
     parser.add_argument("--threshold", type=float, help="reveal every position above this confidence (default: the family's rule)")
     parser.add_argument("--tokens-per-step", type=int, help="fixed reveals per step instead of the threshold (default: the family's rule)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
@@ -44,8 +46,12 @@ class Decoder:
 def build_decoder(args: argparse.Namespace) -> Decoder:
     """The model, its sampler and prompt renderer. A tokenizer with more tokens than the model's
     vocab_size is refused here, before any generation (see `check_tokenizer_fits`); every prompt id
-    is checked against vocab_size again when rendered. Prints one line: the prompt format and why."""
-    tokenizer = load_tokenizer(args.tokenizer)
+    is checked against vocab_size again when rendered. Prints two lines: the tokenizer and the prompt
+    format, and why."""
+    tokenizer_path, found = choose_tokenizer(args.ckpt, args.tokenizer)
+    if args.tokenizer is None:
+        print(found, flush=True)
+    tokenizer = load_tokenizer(tokenizer_path)
     options = {} if args.mask_token_id is None else {"mask_token_id": args.mask_token_id}
     model = load_for_decoding(args.ckpt, args.dtype, **options)
     cfg = model.dllm_config

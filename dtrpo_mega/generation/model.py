@@ -23,6 +23,7 @@ from dtrpo_mega.checkpoint.model import MODEL_CONFIG_FILE, load_model, read_mode
 from dtrpo_mega.data import ChatEncoder, Message, Tokenizer, load_tokenizer
 from dtrpo_mega.data.indexed import paths as dataset_paths
 from dtrpo_mega.data.records import Prompt
+from dtrpo_mega.data.tokenizer import HF_FILE, SENTENCEPIECE_FILE
 from dtrpo_mega.generation.sampler import DecodeConfig, Sampler
 from dtrpo_mega.models.dllm import DLLM, build_model
 from dtrpo_mega.models.families import chat_template, get_family
@@ -45,16 +46,23 @@ def model_folder(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path}: no {MODEL_CONFIG_FILE} here or in model/, and no training checkpoint tracker")
 
 
-def training_prompt_format(path: str | Path) -> tuple[str | None, str]:
-    """The prompt format ("plain" or "chat") of the data a training checkpoint was trained on, and
-    why: (format, where it was read), or (None, why it cannot be known).
+@dataclass(frozen=True)
+class TrainingData:
+    """The dataset a training checkpoint was trained on, found through its trainer.json."""
+
+    metadata: dict
+    where: str  # "its training data DATA (data.path in TRAINER.json)"
+    candidates: tuple[Path, ...]  # where a relative path in the metadata is looked for: cwd, then the launch directory
+
+
+def training_data(path: str | Path) -> tuple[TrainingData | None, str]:
+    """The metadata of the data a training checkpoint was trained on, or (None, why it cannot be known).
 
     `path` is a training root, a training checkpoint (`iter_*/`) or its `model/` folder: its
-    `trainer.json` holds the run's config, whose `data.path` is the dataset, whose metadata holds
-    `prompt_format`. A relative `data.path` is looked for from the current directory, then from the
-    directory the run was launched from (see `_launch_directory`). Anything else (a model folder
-    born outside training, a Hugging Face folder, a dataset moved away or written before
-    `prompt_format` was recorded) gives None."""
+    `trainer.json` holds the run's config, whose `data.path` is the dataset. A relative `data.path` is
+    looked for from the current directory, then from the directory the run was launched from (see
+    `_launch_directory`). Anything else (a model folder born outside training, a Hugging Face folder, a
+    dataset moved away) gives None."""
     path = Path(path)
     if (path / "config.json").is_file() and not (path / MODEL_CONFIG_FILE).is_file():
         return None, f"{path} is a Hugging Face folder, not a training checkpoint"
@@ -72,23 +80,68 @@ def training_prompt_format(path: str | Path) -> tuple[str | None, str]:
         return None, f"{trainer} names no data.path ({type(error).__name__}: {error})"
     if not data_path:
         return None, f"{trainer} names no data.path"
-    candidates = [Path(data_path)]
+    bases = [Path.cwd()]
     launch_dir = _launch_directory(trainer.parent.parent, config)
     if launch_dir is not None and not Path(data_path).is_absolute():
-        candidates.append(launch_dir / data_path)
-    found_at = next((c for c in candidates if dataset_paths(c)["metadata"].is_file()), None)
+        bases.append(launch_dir)
+    found_at = next((b / data_path for b in bases if dataset_paths(b / data_path)["metadata"].is_file()), None)
     if found_at is None:
         return None, f"its training data {data_path} (data.path in {trainer}) is not found from {Path.cwd()}" + (
-            f" nor from {launch_dir}" if len(candidates) > 1 else "")
-    data_path, metadata_file = found_at, dataset_paths(found_at)["metadata"]
+            f" nor from {launch_dir}" if len(bases) > 1 else "")
+    metadata_file = dataset_paths(found_at)["metadata"]
     try:
         metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         return None, f"its training data's metadata {metadata_file} is unreadable ({error})"
-    found = metadata.get("prompt_format") if isinstance(metadata, dict) else None
+    if not isinstance(metadata, dict):
+        return None, f"its training data's metadata {metadata_file} is not a JSON object"
+    shown = Path(data_path) if found_at == bases[0] / data_path else found_at
+    return TrainingData(metadata, f"its training data {shown} (data.path in {trainer})", tuple(bases)), ""
+
+
+def training_prompt_format(path: str | Path) -> tuple[str | None, str]:
+    """The prompt format ("plain" or "chat") of the data a training checkpoint was trained on, and
+    why: (format, where it was read), or (None, why it cannot be known); see `training_data`."""
+    data, why = training_data(path)
+    if data is None:
+        return None, why
+    found = data.metadata.get("prompt_format")
     if found not in PROMPT_FORMATS:
-        return None, f"its training data {data_path} was preprocessed before prompt_format was recorded (preprocess it again to record it)"
-    return found, f"its training data {data_path} (data.path in {trainer}) has {found} prompts"
+        return None, f"{data.where} was preprocessed before prompt_format was recorded (preprocess it again to record it)"
+    return found, f"{data.where} has {found} prompts"
+
+
+def training_tokenizer(path: str | Path) -> tuple[Path | None, str]:
+    """The tokenizer the training data of a checkpoint was made with, if it is still there unchanged:
+    (its path, where it was read), or (None, why not); see `training_data`."""
+    data, why = training_data(path)
+    if data is None:
+        return None, why
+    recorded = data.metadata.get("tokenizer") or {}
+    if not isinstance(recorded, dict) or not recorded.get("path"):
+        return None, f"{data.where} records no tokenizer path"
+    tokenizer = next((b / recorded["path"] for b in data.candidates if (b / recorded["path"]).exists()), None)
+    if tokenizer is None:
+        return None, f"the tokenizer {recorded['path']} of {data.where} is not found"
+    if recorded.get("sha256") and load_tokenizer(tokenizer).identity != recorded["sha256"]:
+        return None, f"the tokenizer {tokenizer} changed since {data.where} was preprocessed"
+    return tokenizer, f"the tokenizer of {data.where}"
+
+
+def choose_tokenizer(path: str | Path, given: str | Path | None = None) -> tuple[Path, str]:
+    """(tokenizer, a line saying where it came from): `given`; else one inside the checkpoint's folder (as a
+    Hugging Face folder holds it); else the training data's (`training_tokenizer`). Raises ValueError
+    naming what was looked for."""
+    if given is not None:
+        return Path(given), f"tokenizer: {given}"
+    path = Path(path)
+    if any((path / name).is_file() for name in (HF_FILE, SENTENCEPIECE_FILE)):
+        return path, f"tokenizer: the one in {path}"
+    found, why = training_tokenizer(path)
+    if found is None:
+        raise ValueError(f"no tokenizer given, and none found for {path}: it holds no {HF_FILE} or {SENTENCEPIECE_FILE}, "
+                         f"and {why}; give one (--tokenizer, or tokenizer= in lm-eval's model_args)")
+    return found, f"tokenizer: {found}, {why}"
 
 
 def _launch_directory(root: Path, config: dict) -> Path | None:
