@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 TORCH_VERSION ?= 2.13.0
 
 .PHONY: setup demo lint test test-fast clean
@@ -11,15 +12,20 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: anything that depends on torch must find it installed.
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
 
-setup: $(STAMP)
+# the test extra: pytest, ruff, transformers (tiny HF models), lm-eval (the harness test)
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(TEST_STAMP)
+
+setup: $(TEST_STAMP)
 
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check dtrpo_mega tools tests examples
 
 test: lint

@@ -1,7 +1,9 @@
 """Quiet, useful output: megatron-core's and apex's fallback warnings (no Transformer Engine, no
 apex: expected on CPU), and megatron's deprecation note about a default dtrpo_mega does not set,
 are collected and summarized once, in one line, by rank 0; ranks other than 0 show no warnings at
-all (errors still print).
+all (errors still print). Deprecation notices that torch and megatron-core raise inside their own
+checkpoint code (nothing a user can change), and megatron's CUDA_DEVICE_MAX_CONNECTIONS hint when
+there is no GPU, are not shown.
 
 Installed when `dtrpo_mega` is imported, before megatron-core is, since those warnings fire at
 import. `DTRPO_WARNINGS=all` shows every warning on every rank as Python would.
@@ -16,6 +18,9 @@ import warnings
 
 # megatron-core's fallbacks without TE / apex, and its deprecation note about a default we do not set
 FALLBACK = re.compile(r"(Transformer Engine|Apex|apex)\b.*\bnot (installed|available)|Falling back to|full scope is deprecated", re.IGNORECASE)
+# raised inside torch's / megatron-core's distributed checkpointing; not about anything dtrpo_mega or its user calls
+UPSTREAM = re.compile(r"`load_state_dict` is deprecated|Please use DTensor instead")
+NO_GPU_HINT = re.compile(r"CUDA_DEVICE_MAX_CONNECTIONS")
 _fallbacks: list[str] = []
 _reported = False
 
@@ -35,11 +40,18 @@ def install() -> None:
         if FALLBACK.search(text):
             if text not in _fallbacks:
                 _fallbacks.append(text)
+        elif UPSTREAM.search(text) or (NO_GPU_HINT.search(text) and not _cuda()):
+            return
         elif rank() == 0:
             show(message, category, filename, lineno, file, line)
 
     quiet._dtrpo_quiet = True
     warnings.showwarning = quiet
+
+
+def _cuda() -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_available()
 
 
 def report() -> None:
