@@ -14,12 +14,17 @@ from collections.abc import Iterator
 
 # command -> (module whose main(argv) runs it, one-line description)
 COMMANDS = {
-    "train": ("dtrpo_mega.train", "train a dLLM with dTRPO, a peer objective or masked-diffusion SFT (one process; torchrun for more)"),
-    "preprocess": ("dtrpo_mega.data.preprocess", "tokenize TRL-format preference or prompt-completion JSONL into the indexed dataset"),
-    "precompute-reference": ("dtrpo_mega.training.precompute", "run the frozen reference over the dataset once (sums or confidence)"),
+    "train": ("dtrpo_mega.train",
+              "train a dLLM with dTRPO, a peer objective or masked-diffusion SFT (one process; torchrun for more)"),
+    "preprocess": ("dtrpo_mega.data.preprocess",
+                   "tokenize TRL-format preference or prompt-completion JSONL into the indexed dataset"),
+    "precompute-reference": ("dtrpo_mega.training.precompute",
+                             "run the frozen reference over the dataset once (sums or confidence)"),
     "convert": ("dtrpo_mega.convert.cli", "Hugging Face <-> megatron dist checkpoint: import, export, roundtrip"),
-    "generate": ("dtrpo_mega.eval.generate", "generate with a checkpoint (prompts rendered as its training data's, plain or chat)"),
-    "evaluate": ("dtrpo_mega.eval.evaluate", "exact match, code pass@1 and pairwise-preference accuracy of a checkpoint"),
+    "generate": ("dtrpo_mega.eval.generate",
+                 "generate with a checkpoint (prompts rendered as its training data's, plain or chat)"),
+    "evaluate": ("dtrpo_mega.eval.evaluate",
+                 "exact match, code pass@1 and pairwise-preference accuracy of a checkpoint"),
     "lm-eval": ("dtrpo_mega.eval.lm_eval_cli", "lm-evaluation-harness, our dLLMs registered as model dtrpo_mega"),
     "demo": ("dtrpo_mega.demo", "what `make demo` runs: SFT, pairs of its own samples, dTRPO at TP=2 x PP=2 on 4 CPU "
              "ranks, held-out accuracy before and after"),
@@ -30,7 +35,8 @@ EPILOG = """examples:
   dtrpo demo                                                 what `make demo` runs
   dtrpo preprocess --input pairs.jsonl --tokenizer TOK --family fast_dllm_v2 --output data/pairs --max-length 2048
   dtrpo train --config CFG.yaml [section.key=value ...]      one process
-  torchrun --nproc-per-node 8 --no-python dtrpo train --config CFG.yaml      several ranks (or: torchrun ... -m dtrpo_mega.train)
+  torchrun --nproc-per-node 8 --no-python dtrpo train --config CFG.yaml      several ranks \
+(or: torchrun ... -m dtrpo_mega.train)
   dtrpo generate --ckpt runs/demo/dtrpo/checkpoints --prompt "reverse 4 8 15 16 23 :"   the demo's model
   dtrpo lm-eval --model dtrpo_mega --model_args pretrained=CKPT --tasks gsm8k        lm-evaluation-harness
 
@@ -48,7 +54,8 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dtrpo", description="Train diffusion LLMs with dTRPO on megatron-core: data, "
+    parser = argparse.ArgumentParser(prog="dtrpo",
+                                     description="Train diffusion LLMs with dTRPO on megatron-core: data, "
                                      "training, reference precompute, checkpoint conversion, generation, evaluation.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"dtrpo_mega {_version()}")

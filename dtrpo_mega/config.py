@@ -42,7 +42,8 @@ class ModelSection:
     family: str = "fast_dllm_v2"
     size: str = "tiny"
     overrides: dict = field(default_factory=dict)  # any DLLMConfig field
-    load: str | None = None  # a converted or trained checkpoint to start from; its dtrpo_model.json replaces family/size
+    # a converted or trained checkpoint to start from; its dtrpo_model.json replaces family/size
+    load: str | None = None
 
     def __post_init__(self):
         from dtrpo_mega.models.config import DLLMConfig
@@ -52,7 +53,8 @@ class ModelSection:
         known = {f.name for f in dataclasses.fields(DLLMConfig)} - {"family"}
         unknown = sorted(set(self.overrides) - known)
         if unknown:
-            raise ValueError(f"unknown model.overrides {[f'model.overrides.{k}' for k in unknown]}; DLLMConfig fields: {sorted(known)}")
+            raise ValueError(f"unknown model.overrides {[f'model.overrides.{k}' for k in unknown]}; DLLMConfig fields: "
+                             f"{sorted(known)}")
 
 
 FAMILY_DEFAULT = "family"
@@ -68,9 +70,11 @@ class ObjectiveSection:
     def __post_init__(self):
         _require("objective", {"vrpo_samples": (self.vrpo_samples, self.vrpo_samples >= 1, ">= 1")})
         if self.scoring != FAMILY_DEFAULT and self.scoring not in [s.value for s in ScoringLayout]:
-            raise ValueError(f"objective.scoring={self.scoring!r}; choose from {[FAMILY_DEFAULT, *(s.value for s in ScoringLayout)]}")
+            raise ValueError(f"objective.scoring={self.scoring!r}; choose from "
+                             f"{[FAMILY_DEFAULT, *(s.value for s in ScoringLayout)]}")
         if self.sft_convention != FAMILY_DEFAULT and self.sft_convention not in family_names():
-            raise ValueError(f"objective.sft_convention={self.sft_convention!r}; choose from {[FAMILY_DEFAULT, *family_names()]}")
+            raise ValueError(f"objective.sft_convention={self.sft_convention!r}; choose from "
+                             f"{[FAMILY_DEFAULT, *family_names()]}")
 
     def layout(self, family: str) -> ScoringLayout:
         return get_family(family).scoring if self.scoring == FAMILY_DEFAULT else ScoringLayout(self.scoring)
@@ -143,7 +147,8 @@ class CheckpointSection:
     verify: bool = True  # check every loaded checkpoint file against the checksums recorded at save
 
     def __post_init__(self):
-        _require("checkpoint", {"save_interval": (self.save_interval, self.save_interval >= 0, ">= 0 (0: at the end only)")})
+        _require("checkpoint",
+                 {"save_interval": (self.save_interval, self.save_interval >= 0, ">= 0 (0: at the end only)")})
 
 
 @dataclass
@@ -180,20 +185,26 @@ class TrainConfig:
             if budget < 1:
                 raise ValueError("data.packing=true needs train.micro_batch_tokens (the tokens of one packed row)")
             if cp > 1 and budget % (2 * cp):
-                raise ValueError(f"train.micro_batch_tokens={budget} must be a multiple of 2 x parallel.context_parallel_size={cp} "
-                                 "(each context-parallel rank holds two equal chunks of every row)")
+                raise ValueError(f"train.micro_batch_tokens={budget} must be a multiple of 2 x "
+                                 f"parallel.context_parallel_size={cp} (each context-parallel rank holds two equal "
+                                 "chunks of every row)")
             if gbs % dp:
                 raise ValueError(f"train.global_batch_size={gbs} must be a multiple of the data-parallel size {dp}")
         elif budget:
-            raise ValueError(f"train.micro_batch_tokens={budget} applies only with data.packing=true (unpacked micro-batches hold train.micro_batch_size pairs)")
+            raise ValueError(f"train.micro_batch_tokens={budget} applies only with data.packing=true (unpacked "
+                             "micro-batches hold train.micro_batch_size pairs)")
         elif gbs % (mbs * dp):
-            raise ValueError(f"train.global_batch_size={gbs} must be a multiple of train.micro_batch_size={mbs} x data-parallel size {dp}")
+            raise ValueError(f"train.global_batch_size={gbs} must be a multiple of train.micro_batch_size={mbs} x "
+                             f"data-parallel size {dp}")
         if self.scheduler.order == RevealOrder.REF_CONFIDENCE and not self.data.ref_confidence:
-            raise ValueError("scheduler.order=ref_confidence needs data.ref_confidence (tools/precompute_reference.py confidence)")
+            raise ValueError("scheduler.order=ref_confidence needs data.ref_confidence (tools/precompute_reference.py "
+                             "confidence)")
         if self.reference.mode == ReferenceMode.PRECOMPUTED and not self.reference.cache:
             raise ValueError("reference.mode=precomputed needs reference.cache")
-        if self.objective.name == Objective.SFT and (self.reference.mode == ReferenceMode.PRECOMPUTED or self.scheduler.order == RevealOrder.REF_CONFIDENCE):
-            raise ValueError("objective.name=sft trains without a reference: reference.mode=precomputed and scheduler.order=ref_confidence do not apply")
+        if self.objective.name == Objective.SFT and (self.reference.mode == ReferenceMode.PRECOMPUTED
+                                                     or self.scheduler.order == RevealOrder.REF_CONFIDENCE):
+            raise ValueError("objective.name=sft trains without a reference: reference.mode=precomputed and "
+                             "scheduler.order=ref_confidence do not apply")
         if self.objective.name == Objective.VRPO and self.objective.vrpo_samples < 1:
             raise ValueError(f"objective.vrpo_samples must be >= 1, got {self.objective.vrpo_samples}")
         self._validate_recompute()
@@ -203,12 +214,13 @@ class TrainConfig:
         t = self.train
         full = t.recompute_granularity == RecomputeGranularity.FULL
         if t.recompute_num_layers is not None and not full:
-            raise ValueError(f"train.recompute_num_layers={t.recompute_num_layers} applies to train.recompute_granularity=full only "
-                             f"(got {t.recompute_granularity.value})")
+            raise ValueError(f"train.recompute_num_layers={t.recompute_num_layers} applies to "
+                             f"train.recompute_granularity=full only (got {t.recompute_granularity.value})")
         if t.recompute_num_layers is not None and t.recompute_num_layers < 1:
             raise ValueError(f"train.recompute_num_layers must be >= 1, got {t.recompute_num_layers}")
         if t.recompute_method == RecomputeMethod.BLOCK and not full:
-            raise ValueError(f"train.recompute_method=block applies to train.recompute_granularity=full only (got {t.recompute_granularity.value})")
+            raise ValueError("train.recompute_method=block applies to train.recompute_granularity=full only (got "
+                             f"{t.recompute_granularity.value})")
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -248,7 +260,8 @@ def _coerce(value, annotation, where: str):
                 raise ValueError
             return value
     except (ValueError, TypeError):
-        allowed = [e.value for e in annotation] if isinstance(annotation, type) and issubclass(annotation, Enum) else getattr(annotation, "__name__", str(annotation))
+        allowed = ([e.value for e in annotation] if isinstance(annotation, type) and issubclass(annotation, Enum)
+                   else getattr(annotation, "__name__", str(annotation)))
         raise ValueError(f"{where}={value!r}: expected {allowed}") from None
     return value
 
@@ -259,7 +272,8 @@ def build_dataclass(cls, values: dict, where: str = ""):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown setting(s) {[f'{where}.{u}'.lstrip('.') for u in unknown]}; {where or 'top level'} has {sorted(known)}")
+        raise ValueError(f"unknown setting(s) {[f'{where}.{u}'.lstrip('.') for u in unknown]}; {where or 'top level'} "
+                         f"has {sorted(known)}")
     kwargs = {}
     for name, value in values.items():
         annotation = hints[name]
@@ -283,7 +297,8 @@ def apply_override(tree: dict, override: str) -> None:
     try:
         value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError as err:
-        raise ValueError(f"override {override!r}: the value of {key} is not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ValueError(f"override {override!r}: the value of {key} is not valid YAML "
+                         f"({str(err).splitlines()[0]})") from None
     node = tree
     parts = key.split(".")
     for part in parts[:-1]:

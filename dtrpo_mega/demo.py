@@ -43,14 +43,15 @@ class DemoConfig:
     slip_rate: float = 0.6  # the annotator copies the list unreversed in this share of answers
     sft_examples: int = 8192  # distinct training prompts (SFT; the first pair_prompts also for pairs)
     pair_prompts: int = 512
-    sft_steps: int = 1500
+    sft_steps: int = 750
     sft_lr: float = 3e-3
-    sft_batch: int = 32
+    sft_batch: int = 64
     samples_per_prompt: int = 8
     temperature: float = 0.7
     pairs_per_prompt: int = 4
     max_new_tokens: int = 16
-    shown: list = field(default_factory=lambda: ["reverse 4 8 15 16 23 :", "reverse 1 2 3 4 5 :", "reverse 90 7 33 61 2 :"])
+    shown: list = field(default_factory=lambda: ["reverse 4 8 15 16 23 :", "reverse 1 2 3 4 5 :",
+                                                 "reverse 90 7 33 61 2 :"])
     seed: int = 0
 
 
@@ -75,21 +76,22 @@ class Demo:
         self.seconds: dict[str, float] = {}
 
     def run(self) -> int:
-        sft = self._stage("SFT on the careless annotator's answers", self._sft)
-        before = self._stage("held-out accuracy after SFT", lambda: self._evaluate(sft))
-        pairs = self._stage("sampling pairs from the SFT model", lambda: self._pairs(sft))
-        code = self._stage(f"dTRPO on {self.nproc} CPU ranks", lambda: self._dtrpo(sft, pairs))
+        sft = self._stage("SFT", "SFT on the careless annotator's answers", self._sft)
+        before = self._stage("evaluation", "held-out accuracy after SFT", lambda: self._evaluate(sft))
+        pairs = self._stage("sampling", "sampling pairs from the SFT model", lambda: self._pairs(sft))
+        code = self._stage("dTRPO", f"dTRPO on {self.nproc} CPU ranks", lambda: self._dtrpo(sft, pairs))
         if code:
             return code
-        after = self._stage("held-out accuracy after dTRPO", lambda: self._evaluate(self.out / "dtrpo" / "checkpoints"))
+        after = self._stage("evaluation", "held-out accuracy after dTRPO",
+                            lambda: self._evaluate(self.out / "dtrpo" / "checkpoints"))
         self._summary(before, after)
         return 0
 
-    def _stage(self, title: str, work):
+    def _stage(self, name: str, title: str, work):
         print(f"\n== {title}", flush=True)
         start = time.perf_counter()
         result = work()
-        self.seconds[title] = time.perf_counter() - start
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
         return result
 
     def _sft(self) -> Path:
@@ -111,8 +113,8 @@ class Demo:
             "data": {"path": str(prefix)},
             "objective": {"name": "sft"}, "scheduler": {"mode": "random_mask"},
             "optimizer": {"lr": cfg.sft_lr, "min_lr": cfg.sft_lr / 10, "warmup_steps": 10, "weight_decay": 0.0},
-            "train": {"global_batch_size": cfg.sft_batch, "micro_batch_size": cfg.sft_batch, "train_steps": cfg.sft_steps,
-                      "seed": cfg.seed},
+            "train": {"global_batch_size": cfg.sft_batch, "micro_batch_size": cfg.sft_batch,
+                      "train_steps": cfg.sft_steps, "seed": cfg.seed},
             "checkpoint": {"dir": str(run_dir), "resume": False},
             "logging": {"dir": str(run_dir), "log_interval": max(cfg.sft_steps // 3, 1)},
         }))
@@ -123,7 +125,8 @@ class Demo:
         from dtrpo_mega.generation.sampler import DecodeConfig
 
         policy = load_for_decoding(model)
-        renderer = PromptRenderer.for_family(self.cfg.family, self.tokenizer, plain=True)  # the data's prompts are plain
+        # the data's prompts are plain
+        renderer = PromptRenderer.for_family(self.cfg.family, self.tokenizer, plain=True)
         threshold = 0.9  # Fast-dLLM v2's own confidence threshold
         decode = DecodeConfig(self.cfg.max_new_tokens, threshold, None, temperature, renderer.end_of_turn_id)
         return family_sampler(policy, decode), renderer
@@ -148,9 +151,11 @@ class Demo:
 
         cfg = self.cfg
         sampler, renderer = self._decoder(model, cfg.temperature)
-        sampled = sample_pairs(sampler, renderer, self.train_prompts[: cfg.pair_prompts], self.task.is_correct, cfg.samples_per_prompt,
-                               cfg.pairs_per_prompt, 128, torch.Generator().manual_seed(cfg.seed))
-        print(f"{sampled.samples} samples, {sampled.sample_accuracy:.0%} correct: {len(sampled.records)} (correct, incorrect) pairs")
+        sampled = sample_pairs(sampler, renderer, self.train_prompts[: cfg.pair_prompts], self.task.is_correct,
+                               cfg.samples_per_prompt, cfg.pairs_per_prompt, 128,
+                               torch.Generator().manual_seed(cfg.seed))
+        print(f"{sampled.samples} samples, {sampled.sample_accuracy:.0%} correct: {len(sampled.records)} (correct, "
+              "incorrect) pairs")
         jsonl = write_jsonl(self.out / "data" / "pairs.jsonl", sampled.records)
         prefix = self.out / "data" / "pairs"
         build_preference_dataset(jsonl, self.tokenizer, cfg.family, prefix, max_length=64)
@@ -160,23 +165,24 @@ class Demo:
         run_dir = self.out / "dtrpo"
         placed = [f"data.path={pairs}", f"model.load={sft}", f"checkpoint.dir={run_dir / 'checkpoints'}",
                   f"logging.dir={run_dir}"]
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={self.nproc}", "-m", "dtrpo_mega.train",
-               "--config", self.config_path, *placed, *self.overrides]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={self.nproc}", "-m",
+               "dtrpo_mega.train", "--config", self.config_path, *placed, *self.overrides]
         print("+ " + " ".join(cmd), flush=True)
         return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
 
     def _summary(self, before: dict, after: dict) -> None:
         run_dir = self.out / "dtrpo"
         history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        first, last = history[0], history[-1]
         print("\n== summary")
         print(f"held-out accuracy (greedy, {len(self.held_out)} prompts never trained on): "
               f"{before['accuracy']:.0%} after SFT -> {after['accuracy']:.0%} after dTRPO")
-        for key in ("rewards/margins", "rewards/accuracies", "loss"):
-            print(f"{key:20s} step {first['step']}: {first[key]:+.3f}   step {last['step']}: {last[key]:+.3f}")
+        span = min(10, len(history))
+        for key in ("rewards/margins", "rewards/accuracies"):
+            start, end = (sum(h[key] for h in part) / span for part in (history[:span], history[-span:]))
+            print(f"{key}: {start:+.2f} -> {end:+.2f} (means of the first and last {span} dTRPO steps)")
         for prompt in self.cfg.shown:
             print(f"{prompt!r}\n  after SFT:   {before['shown'][prompt]}\n  after dTRPO: {after['shown'][prompt]}")
-        print("time: " + ", ".join(f"{title.split(' ')[0]} {s:.0f} s" for title, s in self.seconds.items()))
+        print("time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.seconds.items()))
         print(f"metrics: {run_dir / 'metrics.jsonl'}; reward curves: {run_dir / 'rewards.png'}; "
               f"model: {run_dir / 'checkpoints'}")
         summary = {"before": before, "after": after, "seconds": self.seconds, "config": asdict(self.cfg)}

@@ -17,7 +17,8 @@ import sys
 import warnings
 
 # megatron-core's fallbacks without TE / apex, and its deprecation note about a default we do not set
-FALLBACK = re.compile(r"(Transformer Engine|Apex|apex)\b.*\bnot (installed|available)|Falling back to|full scope is deprecated", re.IGNORECASE)
+FALLBACK = re.compile(r"(Transformer Engine|Apex|apex)\b.*\bnot (installed|available)|Falling back to|full scope is "
+                      r"deprecated", re.IGNORECASE)
 # raised inside torch's / megatron-core's distributed checkpointing; not about anything dtrpo_mega or its user calls
 UPSTREAM = re.compile(r"`load_state_dict` is deprecated|Please use DTensor instead")
 NO_GPU_HINT = re.compile(r"CUDA_DEVICE_MAX_CONNECTIONS")
@@ -60,5 +61,5 @@ def report() -> None:
     if _reported or not _fallbacks or rank() != 0:
         return
     _reported = True
-    print(f"note: no Transformer Engine / apex here, megatron-core runs its local fallbacks ({len(_fallbacks)} warnings hidden, "
-          f"e.g. {_fallbacks[0]!r}; DTRPO_WARNINGS=all shows them)", file=sys.stderr, flush=True)
+    print(f"note: no Transformer Engine / apex here, megatron-core runs its local fallbacks ({len(_fallbacks)} "
+          f"warnings hidden, e.g. {_fallbacks[0]!r}; DTRPO_WARNINGS=all shows them)", file=sys.stderr, flush=True)

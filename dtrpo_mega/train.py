@@ -1,4 +1,5 @@
-"""Train a dLLM with dTRPO (or a peer objective, or masked-diffusion SFT): `python -m dtrpo_mega.train --config CFG.yaml [section.key=value ...]`.
+"""Train a dLLM with dTRPO (or a peer objective, or masked-diffusion SFT):
+`python -m dtrpo_mega.train --config CFG.yaml [section.key=value ...]`.
 
 Launch with torchrun (or srun) for several ranks; see examples/. A configuration, data or
 checkpoint error (ValueError, OSError) prints as one line, `error: ...`, from the first rank that
@@ -17,7 +18,8 @@ from dtrpo_mega.config import load_config
 from dtrpo_mega.parallel.runtime import shutdown
 from dtrpo_mega.training.loop import train
 
-SUMMARY_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected")
+SUMMARY_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
+                "logps/rejected")
 
 
 def summary(history: list[dict], window: int = 10) -> str:
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
     if history:
-        print(f"\nsummary over {history[-1]['step']} steps (means of the first and last 10 steps)\n{summary(history)}", flush=True)
+        print(f"\nsummary over {history[-1]['step']} steps (means of the first and last 10 steps)\n{summary(history)}",
+              flush=True)
     shutdown()
 
 

@@ -46,9 +46,9 @@ def _one_error_line(capsys, *expected: str) -> str:
 
 # --- conversion --------------------------------------------------------------------------------
 
-LLAMA = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=250, hidden_size=64, intermediate_size=128,
-             num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6,
-             rope_theta=10000.0, mask_token_id=249)
+LLAMA = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=250, hidden_size=64,
+             intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+             max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=10000.0, mask_token_id=249)
 LLADA = dict(architectures=["LLaDAModelLM"], model_type="llada", d_model=64, n_heads=4, n_kv_heads=4, n_layers=1,
              mlp_hidden_size=128, vocab_size=250, mask_token_id=249)
 
@@ -72,7 +72,8 @@ def _without(config: dict, key: str) -> dict:
     (_without(LLADA, "d_model"), "missing required field 'd_model'"),
     (_without(LLADA, "n_heads"), "missing required field 'n_heads'"),
     ({**LLAMA, "hidden_size": None}, "required field 'hidden_size' is null"),
-    ({**LLADA, "mlp_hidden_size": None, "mlp_ratio": 2.5, "d_model": 65}, r"its llada fields give ffn_hidden_size=162.5, which must be a positive integer"),
+    ({**LLADA, "mlp_hidden_size": None, "mlp_ratio": 2.5, "d_model": 65},
+     r"its llada fields give ffn_hidden_size=162.5, which must be a positive integer"),
     ({**LLAMA, "hidden_size": "64"}, "field 'hidden_size' must be a positive integer, got '64'"),
     ({**LLAMA, "num_attention_heads": [4]}, r"field 'num_attention_heads' must be a positive integer, got \[4\]"),
     ({**LLAMA, "intermediate_size": True}, "field 'intermediate_size' must be a positive integer, got True"),
@@ -131,7 +132,8 @@ class _Unpickled:
 
 
 def _valid_bytes(tmp_path) -> bytes:
-    save_file({"model.embed_tokens.weight": torch.zeros(250, 64), "model.norm.weight": torch.ones(64)}, tmp_path / "valid.safetensors")
+    save_file({"model.embed_tokens.weight": torch.zeros(250, 64), "model.norm.weight": torch.ones(64)},
+              tmp_path / "valid.safetensors")
     return (tmp_path / "valid.safetensors").read_bytes()
 
 
@@ -157,7 +159,8 @@ def test_pickled_or_truncated_safetensors_name_the_file_and_are_never_unpickled(
 
 def test_unknown_safetensors_dtype_names_file_tensor_and_dtype(tmp_path):
     folder = _hf_folder(tmp_path, LLAMA, {"model.embed_tokens.weight": torch.zeros(250, 64, dtype=torch.float8_e4m3fn)})
-    message = (re.escape(str(folder / "model.safetensors")) + ": tensor 'model.embed_tokens.weight' has dtype F8_E4M3, which is "
+    message = (re.escape(str(folder / "model.safetensors"))
+               + ": tensor 'model.embed_tokens.weight' has dtype F8_E4M3, which is "
                r"not supported \(supported: F64, F32, F16, BF16, .*BOOL\)")
     with pytest.raises(ValueError, match=message):
         import_hf(folder, tmp_path / "out", **quiet)
@@ -191,20 +194,24 @@ def test_input_that_is_a_directory_or_missing_names_it(tmp_path, synthetic_token
     with pytest.raises(ValueError, match=re.escape(f"input {tmp_path} is a directory, not a JSONL file")):
         build_preference_dataset(tmp_path, synthetic_tokenizer, output_prefix=tmp_path / "out", **PREPROCESS)
     with pytest.raises(FileNotFoundError, match=re.escape(f"input {tmp_path / 'none.jsonl'} does not exist")):
-        build_preference_dataset(tmp_path / "none.jsonl", synthetic_tokenizer, output_prefix=tmp_path / "out", **PREPROCESS)
+        build_preference_dataset(tmp_path / "none.jsonl", synthetic_tokenizer, output_prefix=tmp_path / "out",
+                                 **PREPROCESS)
 
 
-@pytest.mark.parametrize("line", ["[" * 100000, '{"prompt": ' + "[" * 100000, '{"prompt": "a", "chosen": ' + '{"a": ' * 100000])
+@pytest.mark.parametrize("line",
+                         ["[" * 100000, '{"prompt": ' + "[" * 100000, '{"prompt": "a", "chosen": ' + '{"a": ' * 100000])
 def test_deeply_nested_json_names_file_and_line(tmp_path, synthetic_tokenizer, line):
     data = tmp_path / "data.jsonl"
-    data.write_text(json.dumps({"prompt": "count up from 1 :", "chosen": "1 2", "rejected": "1 3"}) + "\n" + line + "\n")
+    data.write_text(json.dumps({"prompt": "count up from 1 :", "chosen": "1 2", "rejected": "1 3"}) + "\n" + line
+                    + "\n")
     with pytest.raises(ValueError, match=re.escape(f"{data}:2: malformed JSON: nested too deeply")):
         build_preference_dataset(data, synthetic_tokenizer, output_prefix=tmp_path / "out", **PREPROCESS)
 
 
 def test_preprocess_tool_prints_one_error_line_with_status_2(tmp_path, synthetic_tokenizer, capsys):
     tool = _tool("preprocess_data")
-    args = ["--tokenizer", str(synthetic_tokenizer), "--family", "fast_dllm_v2", "--output", str(tmp_path / "out"), "--max-length", "64"]
+    args = ["--tokenizer", str(synthetic_tokenizer), "--family", "fast_dllm_v2", "--output", str(tmp_path / "out"),
+            "--max-length", "64"]
     assert tool.main(["--input", str(tmp_path), *args]) == 2
     _one_error_line(capsys, f"input {tmp_path} is a directory")
     assert tool.main(["--input", str(tmp_path / "none.jsonl"), *args]) == 2
@@ -232,7 +239,8 @@ def checkpoints(tmp_path_factory, world_of_one):
 
 
 def _generate(checkpoint: Path, tokenizer: Path, *args: str) -> int:
-    return _tool("generate").main(["--ckpt", str(checkpoint), "--tokenizer", str(tokenizer), "--max-new-tokens", "4", *args])
+    return _tool("generate").main(["--ckpt", str(checkpoint), "--tokenizer", str(tokenizer), "--max-new-tokens", "4",
+                                   *args])
 
 
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused_at_build(checkpoints, synthetic_tokenizer, capsys):
@@ -242,14 +250,17 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_refused_at_build(checkpoi
 
 
 def test_prompt_ids_outside_the_vocabulary_name_prompt_and_id(synthetic_tokenizer):
-    renderer = PromptRenderer(ChatEncoder(chat_template("fast_dllm_v2"), load_tokenizer(synthetic_tokenizer)), plain=True, vocab_size=100)
+    renderer = PromptRenderer(ChatEncoder(chat_template("fast_dllm_v2"), load_tokenizer(synthetic_tokenizer)),
+                              plain=True, vocab_size=100)
     assert max(renderer.ids("count up from 5 :")) < 100
-    with pytest.raises(ValueError, match=r"prompt 'count up from 99 :' has token id 115, outside the model's vocabulary of 100"):
+    with pytest.raises(ValueError,
+                       match=r"prompt 'count up from 99 :' has token id 115, outside the model's vocabulary of 100"):
         renderer.ids("count up from 99 :")
 
 
 def test_empty_plain_prompt_is_refused_naming_the_prompt(checkpoints, synthetic_tokenizer, capsys):
-    assert _generate(checkpoints["fits"], synthetic_tokenizer, "--plain", "--prompt", "count up from 5 :", "--prompt", "") == 2
+    assert _generate(checkpoints["fits"], synthetic_tokenizer, "--plain", "--prompt", "count up from 5 :", "--prompt",
+                     "") == 2
     _one_error_line(capsys, "--prompt 2: prompt '' renders to no tokens")
     # a template with a BOS renders an empty plain prompt to [BOS], a usable prompt
     llada = PromptRenderer.for_family("llada", synthetic_tokenizer, plain=True)
@@ -274,8 +285,10 @@ def test_bad_prompts_file_names_file_and_line(checkpoints, synthetic_tokenizer, 
 def test_good_prompts_file_still_generates(checkpoints, synthetic_tokenizer, tmp_path, capsys):
     prompts, out = tmp_path / "prompts.jsonl", tmp_path / "traj.jsonl"
     chat = [{"role": "system", "content": "count"}, {"role": "user", "content": "count up from 7 :"}]
-    prompts.write_text(json.dumps({"prompt": "count up from 5 :", "id": 1}) + "\n\n" + json.dumps({"prompt": chat}) + "\n")
-    assert _generate(checkpoints["fits"], synthetic_tokenizer, "--prompts", str(prompts), "--record-trajectory", str(out)) == 0
+    prompts.write_text(json.dumps({"prompt": "count up from 5 :", "id": 1}) + "\n\n"
+                       + json.dumps({"prompt": chat}) + "\n")
+    assert _generate(checkpoints["fits"], synthetic_tokenizer, "--prompts", str(prompts), "--record-trajectory",
+                     str(out)) == 0
     assert "tokens/forward" in capsys.readouterr().out
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in records] == ["count up from 5 :", chat]

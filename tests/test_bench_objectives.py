@@ -17,8 +17,9 @@ def _bench():
 
 def test_rows_and_tokens_per_pair(world_of_one):
     bench = _bench()
-    args = argparse.Namespace(family="fast_dllm_v2", vocab=300, hidden=32, layers=1, heads=2, groups=1, block=8, sub_block=4,
-                              tokens_per_step=1, prompt=8, response=16, pairs=1, repeats=1, threads=1, backend="local", bf16=False)
+    args = argparse.Namespace(family="fast_dllm_v2", vocab=300, hidden=32, layers=1, heads=2, groups=1, block=8,
+                              sub_block=4, tokens_per_step=1, prompt=8, response=16, pairs=1, repeats=1, threads=1,
+                              backend="local", bf16=False)
     got = {o: bench.run_one(o, args) for o in bench.OBJECTIVES}
     assert got["dpo_causal"]["rows_per_pair"] == 2 and got["dpo_causal"]["tokens_per_pair"] == 2 * (8 + 16)
     # dTRPO: one [z~ ; y0] row per sequence, the noisy half starting at the first response block.
@@ -36,8 +37,8 @@ def test_decoding_benchmark_checks_the_cache_and_writes_json(world_of_one, tmp_p
     import sys
 
     out = tmp_path / "decoding.json"
-    cmd = [sys.executable, "tools/bench_decoding.py", "--vocab", "300", "--hidden", "64", "--layers", "1", "--block", "8", "--sub-block", "4",
-           "--prompt", "5", "--new", "12", "--batch", "2", "--threads", "1", "--out", str(out)]
+    cmd = [sys.executable, "tools/bench_decoding.py", "--vocab", "300", "--hidden", "64", "--layers", "1", "--block",
+           "8", "--sub-block", "4", "--prompt", "5", "--new", "12", "--batch", "2", "--threads", "1", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]

@@ -70,7 +70,8 @@ def test_first_step_after_a_layout_change_keeps_the_loaded_weights(world_of_one,
 @pytest.mark.parametrize("layout_changed", [False, True])
 def test_cpu_optimizer_resumes_at_either_layout(world_of_one, tmp_path, layout_changed):
     saved = _model(0)
-    save = _checkpoint_from_another_layout if layout_changed else lambda root, m, o: save_checkpoint(root, 7, m, o, config={})
+    save = (_checkpoint_from_another_layout if layout_changed
+            else lambda root, m, o: save_checkpoint(root, 7, m, o, config={}))
     path = save(tmp_path, saved, CpuOptimizer(saved, OptimizerSection()))
     resumed_model = _model(1)
     resumed = load_checkpoint(path, resumed_model, CpuOptimizer(resumed_model, OptimizerSection()))

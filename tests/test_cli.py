@@ -82,8 +82,8 @@ def tokenizer(tmp_path_factory) -> Path:
 
 
 PLAIN = {"prompt": "count up from 1 :", "chosen": "1 2 3", "rejected": "1 2 4"}
-CHAT = {"prompt": [{"role": "user", "content": "count up from 1 :"}], "chosen": [{"role": "assistant", "content": "1 2 3"}],
-        "rejected": [{"role": "assistant", "content": "1 2 4"}]}
+CHAT = {"prompt": [{"role": "user", "content": "count up from 1 :"}],
+        "chosen": [{"role": "assistant", "content": "1 2 3"}], "rejected": [{"role": "assistant", "content": "1 2 4"}]}
 
 
 def _jsonl(path: Path, records: list[dict]) -> Path:
@@ -108,7 +108,8 @@ def test_preprocess_records_the_prompt_format(tmp_path, tokenizer, capsys):
 ], ids=["plain-then-chat", "chat-then-plain"])
 def test_a_file_mixing_plain_and_chat_prompts_is_refused(tmp_path, tokenizer, records, line, this, first):
     data = _jsonl(tmp_path / "mixed.jsonl", records)
-    message = f"{data}:{line}: {this} but the first record ({data}:1) has {first}: a file holds plain-text or chat prompts, not both"
+    message = (f"{data}:{line}: {this} but the first record ({data}:1) has {first}: a file holds plain-text or chat "
+               "prompts, not both")
     with pytest.raises(ValueError, match=re.escape(message)):
         build_preference_dataset(data, tokenizer, "fast_dllm_v2", tmp_path / "out", 64)
     assert not (tmp_path / "out.json").exists()
@@ -142,7 +143,8 @@ def test_relative_data_path_is_found_from_where_the_run_was_launched(tmp_path, c
     (launched / "data").mkdir(parents=True)
     for file in Path(counting_data).parent.glob(Path(counting_data).name + ".*"):
         (launched / "data" / file.name).symlink_to(file)
-    root = _training_checkpoint(launched / "runs" / "ckpt", f"data/{Path(counting_data).name}", checkpoint_dir="runs/ckpt")
+    root = _training_checkpoint(launched / "runs" / "ckpt", f"data/{Path(counting_data).name}",
+                                checkpoint_dir="runs/ckpt")
     monkeypatch.chdir(launched)
     assert training_prompt_format("runs/ckpt")[0] == "plain"
     monkeypatch.chdir(tmp_path)
@@ -160,7 +162,8 @@ def test_prompt_format_falls_back_to_chat_and_says_why(tmp_path, counting_data):
     (tmp_path / "hf" / "config.json").write_text("{}")
     assert "is a Hugging Face folder" in choose_prompt_format(tmp_path / "hf")[1]
 
-    assert "is not found from" in choose_prompt_format(_training_checkpoint(tmp_path / "gone", str(tmp_path / "none")))[1]
+    assert "is not found from" in choose_prompt_format(_training_checkpoint(tmp_path / "gone",
+                                                                            str(tmp_path / "none")))[1]
 
     old = tmp_path / "old"  # a dataset written before prompt_format was recorded
     for file in Path(counting_data).parent.glob(Path(counting_data).name + ".*"):
@@ -181,11 +184,13 @@ def test_tokenizer_comes_from_the_training_data_unless_changed(tmp_path):
         f"(data.path in {root / 'iter_0000001' / 'trainer.json'})"
     assert choose_tokenizer(root, "given.json") == (Path("given.json"), "tokenizer: given.json")
     tokenizer.write_text(tokenizer.read_text() + "\n")  # another tokenizer under the recorded name
-    with pytest.raises(ValueError, match=f"the tokenizer {tokenizer} changed since its training data .* was preprocessed"):
+    with pytest.raises(ValueError,
+                       match=f"the tokenizer {tokenizer} changed since its training data .* was preprocessed"):
         choose_tokenizer(root)
     (tmp_path / "bare").mkdir()
     (tmp_path / "bare" / "dtrpo_model.json").write_text("{}")
-    with pytest.raises(ValueError, match="holds no tokenizer.json or tokenizer.model, and .* is not a training checkpoint"):
+    with pytest.raises(ValueError,
+                       match="holds no tokenizer.json or tokenizer.model, and .* is not a training checkpoint"):
         choose_tokenizer(tmp_path / "bare")
 
 
@@ -199,9 +204,9 @@ def trained(world_of_one, counting_data, tmp_path_factory) -> Path:
     from dtrpo_mega.training.loop import train
 
     root = tmp_path_factory.mktemp("trained")
-    train(load_config(None, [f"data.path={counting_data}", "model.overrides={num_layers: 2}", "train.global_batch_size=4",
-                             "train.train_steps=1", f"checkpoint.dir={root}/ckpt", "checkpoint.save_interval=1",
-                             f"logging.dir={root}", "logging.progress_bar=false"]))
+    train(load_config(None, [f"data.path={counting_data}", "model.overrides={num_layers: 2}",
+                             "train.global_batch_size=4", "train.train_steps=1", f"checkpoint.dir={root}/ckpt",
+                             "checkpoint.save_interval=1", f"logging.dir={root}", "logging.progress_bar=false"]))
     return root / "ckpt"
 
 
@@ -249,6 +254,7 @@ def test_dtrpo_train_runs_one_process_and_generate_needs_no_flag(counting_data, 
     assert "summary over 2 steps" in train.stdout
     generate = subprocess.run([*_dtrpo(), "generate", "--ckpt", str(tmp_path / "ckpt"), "--tokenizer",
                                str(Path(counting_data).parent / "tokenizer.json"), "--prompt", "count up from 5 :",
-                               "--max-new-tokens", "4"], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+                               "--max-new-tokens", "4"], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                              env=env)
     assert generate.returncode == 0, generate.stderr[-4000:]
     assert generate.stdout.startswith("prompt format: plain, as its training data")

@@ -26,7 +26,8 @@ def block_rows(lengths, block=4, pad_to_multiple=8):
 
 
 def plain_rows(variant, lengths, pad_to_multiple=8):
-    return collate([plain_sample(torch.arange(n)) for n in lengths], variant, 4, pad_id=0, pad_to_multiple=pad_to_multiple)
+    return collate([plain_sample(torch.arange(n)) for n in lengths], variant, 4, pad_id=0,
+                   pad_to_multiple=pad_to_multiple)
 
 
 def contiguous_balance(layout, cp):
@@ -40,7 +41,8 @@ def test_zigzag_covers_the_row_once_with_chunks_r_and_2n_minus_1_minus_r(seq_len
     chunk = seq_len // (2 * cp)
     for r in range(cp):
         index = zigzag_index(seq_len, cp, r)
-        assert index.tolist() == list(range(r * chunk, (r + 1) * chunk)) + list(range((2 * cp - 1 - r) * chunk, (2 * cp - r) * chunk))
+        assert index.tolist() == (list(range(r * chunk, (r + 1) * chunk))
+                                  + list(range((2 * cp - 1 - r) * chunk, (2 * cp - r) * chunk)))
     assert sorted(gathered_index(seq_len, cp).tolist()) == list(range(seq_len))
 
 
@@ -81,7 +83,8 @@ def test_sharded_mask_is_the_full_masks_rows_and_columns(rows, cp):
 def test_core_attention_of_a_cp_rank_is_the_full_rows_attention_at_its_queries(world_of_one, monkeypatch, backend):
     """Each rank ropes its own keys, attends over the gathered row, and gets the full rows' output."""
     cfg = model_config("sdar", attention_backend=backend)
-    core = DLLMCoreAttention(cfg.transformer_config(1, 1, torch.float32, True), 1, None, "self", backend=backend, rope_theta=cfg.rope_theta)
+    core = DLLMCoreAttention(cfg.transformer_config(1, 1, torch.float32, True), 1, None, "self", backend=backend,
+                             rope_theta=cfg.rope_theta)
     _, layout = block_rows([(14, 3), (11, 6)])
     g = torch.Generator().manual_seed(0)
     s, b, d = layout.seq_len, 2, cfg.head_dim
@@ -120,7 +123,8 @@ def test_zigzag_balances_the_block_mask_and_causal_rows():
 def test_cp_size_must_divide_the_world(world_of_one):
     from dtrpo_mega.parallel.runtime import ParallelConfig, initialize
 
-    with pytest.raises(ValueError, match=r"world size 1 is not divisible by TP=1 x PP=1 x CP=2 .*context_parallel_size"):
+    with pytest.raises(ValueError,
+                       match=r"world size 1 is not divisible by TP=1 x PP=1 x CP=2 .*context_parallel_size"):
         initialize(ParallelConfig(context_parallel_size=2))
 
 

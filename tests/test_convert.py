@@ -46,7 +46,8 @@ def _make_hf(kind: str, path, seed: int):
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
     }[kind]
-    config = config_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, max_position_embeddings=64, **TINY[kind])
+    config = config_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, max_position_embeddings=64,
+                        **TINY[kind])
     torch.manual_seed(seed)
     model = model_cls(config).eval()
     with torch.no_grad():
@@ -113,7 +114,8 @@ def test_gated_mlp_and_vocab_rows_invert():
 def test_layout_table_matches_megatron_core(world_of_one, tie):
     """The importer's tensor table has megatron-core's own keys and global shapes."""
     cfg = model_config("sdar", qkv_bias=True, tie_embeddings=tie)
-    ours = {t.key: t.global_shape(cfg.num_layers) for t in megatron_tensors(dataclasses.replace(cfg, padded_vocab_size=256))}
+    ours = {t.key: t.global_shape(cfg.num_layers)
+            for t in megatron_tensors(dataclasses.replace(cfg, padded_vocab_size=256))}
     assert ours == global_shapes(sharded_weights(build_model(cfg)))
     fc1 = [c.offsets for c in storage_chunks(dataclasses.replace(cfg, padded_vocab_size=256), tp=2)
            if c.tensor.name.endswith("linear_fc1.weight") and c.layer == 0]
@@ -169,9 +171,10 @@ def test_every_layout_loads_matches_logits_and_roundtrips(sources, tmp_path):
 
 LLADA_NAMES = {
     "model.embed_tokens.weight": "model.transformer.wte.weight", "model.norm.weight": "model.transformer.ln_f.weight",
-    "lm_head.weight": "model.transformer.ff_out.weight", "input_layernorm": "attn_norm", "post_attention_layernorm": "ff_norm",
-    "self_attn.o_proj": "attn_out", "mlp.gate_proj": "ff_proj", "mlp.up_proj": "up_proj", "mlp.down_proj": "ff_out",
-    "self_attn.q_proj": "q_proj", "self_attn.k_proj": "k_proj", "self_attn.v_proj": "v_proj", "model.layers.": "model.transformer.blocks.",
+    "lm_head.weight": "model.transformer.ff_out.weight", "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ff_norm", "self_attn.o_proj": "attn_out", "mlp.gate_proj": "ff_proj",
+    "mlp.up_proj": "up_proj", "mlp.down_proj": "ff_out", "self_attn.q_proj": "q_proj", "self_attn.k_proj": "k_proj",
+    "self_attn.v_proj": "v_proj", "model.layers.": "model.transformer.blocks.",
 }
 
 
@@ -188,11 +191,13 @@ def _as_llada(hf_dir, out, mask_id):
     c = json.loads((hf_dir / "config.json").read_text())
     config = dict(
         architectures=["LLaDAModelLM"], model_type="llada", auto_map={"AutoModel": "modeling_llada.LLaDAModelLM"},
-        d_model=c["hidden_size"], n_heads=c["num_attention_heads"], n_kv_heads=c["num_key_value_heads"], n_layers=c["num_hidden_layers"],
-        mlp_hidden_size=c["intermediate_size"], mlp_ratio=4, vocab_size=c["vocab_size"], embedding_size=c["vocab_size"],
-        rope_theta=c["rope_parameters"]["rope_theta"], rms_norm_eps=c["rms_norm_eps"], weight_tying=False, mask_token_id=mask_id,
-        block_type="llama", layer_norm_type="rms", activation_type="silu", rope=True, alibi=False, include_bias=False,
-        include_qkv_bias=False, attention_layer_norm=False, block_group_size=1, scale_logits=False, max_sequence_length=64,
+        d_model=c["hidden_size"], n_heads=c["num_attention_heads"], n_kv_heads=c["num_key_value_heads"],
+        n_layers=c["num_hidden_layers"], mlp_hidden_size=c["intermediate_size"], mlp_ratio=4,
+        vocab_size=c["vocab_size"], embedding_size=c["vocab_size"], rope_theta=c["rope_parameters"]["rope_theta"],
+        rms_norm_eps=c["rms_norm_eps"], weight_tying=False, mask_token_id=mask_id, block_type="llama",
+        layer_norm_type="rms", activation_type="silu", rope=True, alibi=False, include_bias=False,
+        include_qkv_bias=False, attention_layer_norm=False, block_group_size=1, scale_logits=False,
+        max_sequence_length=64,
     )
     (out / "config.json").write_text(json.dumps(config))
 
@@ -209,7 +214,8 @@ DLLM_SOURCES = {  # format: (base source, fields, expected (block_size, logits_s
                      (8, True, MaskVariant.BLOCK_DIFFUSION)),
     "sdar": ("qwen3", dict(architectures=["SDARForCausalLM"], model_type="sdar", block_size=4, mask_token_id=300),
              (4, False, MaskVariant.BLOCK_DIFFUSION)),
-    "dream": ("qwen2", dict(architectures=["DreamModel"], model_type="Dream", mask_token_id=249), (32, True, MaskVariant.BIDIRECTIONAL)),
+    "dream": ("qwen2", dict(architectures=["DreamModel"], model_type="Dream", mask_token_id=249),
+              (32, True, MaskVariant.BIDIRECTIONAL)),
     "llada": ("llama", None, (32, False, MaskVariant.BIDIRECTIONAL)),
 }
 
@@ -234,7 +240,8 @@ def test_dllm_formats_roundtrip_and_load_into_their_family(world_of_one, sources
     messages = []
     cfg = import_hf(src, tmp_path / "ckpt", log=messages.append, **mask)
     assert f"detected source format '{fmt}'" in messages[0]
-    assert (cfg.family, cfg.block_size, cfg.logits_shift, cfg.attention, cfg.mask_token_id) == (fmt, block, shift, attention, _mask_id(base))
+    assert (cfg.family, cfg.block_size, cfg.logits_shift, cfg.attention, cfg.mask_token_id) == (
+        fmt, block, shift, attention, _mask_id(base))
     out = export_hf(tmp_path / "ckpt", tmp_path / "out", **quiet)
     _all_match(*compare_folders(src, out), len(load_file(src / "model.safetensors")))
     assert (out / f"modeling_{fmt}.py").read_text() == (src / f"modeling_{fmt}.py").read_text()
@@ -253,7 +260,8 @@ def test_saved_rotary_buffers_and_tied_head_roundtrip(sources, tmp_path):
     tensors = load_file(src / "model.safetensors")
     inv_freq = 1.0 / (10000.0 ** (torch.arange(0, 16, 2).float() / 16))
     extra = {f"model.layers.{i}.self_attn.rotary_emb.inv_freq": inv_freq.clone() for i in range(2)}
-    save_file({**tensors, **extra, "lm_head.weight": tensors["model.embed_tokens.weight"].clone()}, src / "model.safetensors")
+    save_file({**tensors, **extra, "lm_head.weight": tensors["model.embed_tokens.weight"].clone()},
+              src / "model.safetensors")
     rows, config_equal = roundtrip(src, tmp_path / "rt", mask_token_id=249, **quiet)
     _all_match(rows, config_equal, len(tensors) + 3)
 
@@ -327,7 +335,8 @@ def test_missing_and_mismatched_tensors_name_the_tensor_and_shapes(sources, tmp_
         import_hf(src, tmp_path / "out", mask_token_id=249, **quiet)
     message = str(error.value)
     assert "tensor model.layers.1.self_attn.k_proj.weight is missing (expected shape (32, 64))" in message
-    assert "tensor model.layers.0.mlp.gate_proj.weight: checkpoint shape (128, 64), config.json implies (96, 64)" in message
+    assert ("tensor model.layers.0.mlp.gate_proj.weight: checkpoint shape (128, 64), config.json implies (96, 64)"
+            in message)
     assert "tensor model.layers.0.self_attn.o_proj.bias (64,) is not used by the llama mapping" in message
     assert not (tmp_path / "out").exists()
 
@@ -336,7 +345,8 @@ def test_loading_into_a_different_model_names_tensor_and_shapes(world_of_one, so
     hf_dir, _ = sources["qwen2"]
     cfg = import_hf(hf_dir, tmp_path / "ckpt", mask_token_id=249, **quiet)
     other = build_model(dataclasses.replace(cfg, ffn_hidden_size=96))
-    message = r"tensor decoder.layers.mlp.linear_fc1.weight: checkpoint shape \(2, 256, 64\), model shape \(2, 192, 64\)"
+    message = (r"tensor decoder.layers.mlp.linear_fc1.weight: checkpoint shape \(2, 256, 64\), "
+               r"model shape \(2, 192, 64\)")
     with pytest.raises(ValueError, match=message):
         load_model(other, tmp_path / "ckpt")
 
@@ -367,10 +377,12 @@ def test_unsupported_features_are_refused(sources, tmp_path):
 def test_command_line(sources, tmp_path):
     hf_dir, _ = sources["qwen2"]
     tool = [sys.executable, str(REPO / "tools" / "convert_checkpoint.py")]
-    ok = subprocess.run([*tool, "roundtrip", "--hf", str(hf_dir), "--tp", "2", "--mask-token-id", "249"], capture_output=True, text=True)
+    ok = subprocess.run([*tool, "roundtrip", "--hf", str(hf_dir), "--tp", "2", "--mask-token-id", "249"],
+                        capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "model.layers.0.self_attn.q_proj.bias" in ok.stdout and "26 tensors, 0 mismatch(es)" in ok.stdout
-    refused = subprocess.run([*tool, "import", "--hf", str(hf_dir), "--out", str(tmp_path / "o"), "--tp", "3", "--mask-token-id", "249"],
+    refused = subprocess.run([*tool, "import", "--hf", str(hf_dir), "--out", str(tmp_path / "o"), "--tp", "3",
+                              "--mask-token-id", "249"],
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "TP=3 does not divide num_attention_heads=4" in refused.stderr
 
@@ -387,6 +399,7 @@ def test_random_checkpoint_tool_writes_each_familys_own_format(world_of_one, tmp
     cfg = import_hf(tmp_path / "hf", tmp_path / "megatron", log=lambda *_: None)
     expected = model_config(family, "tiny")
     assert cfg.family == family
-    for name in ("vocab_size", "hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads", "num_query_groups",
-                 "head_dim", "qkv_bias", "qk_norm", "tie_embeddings", "mask_token_id", "attention", "block_alignment", "logits_shift"):
+    for name in ("vocab_size", "hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads",
+                 "num_query_groups", "head_dim", "qkv_bias", "qk_norm", "tie_embeddings", "mask_token_id", "attention",
+                 "block_alignment", "logits_shift"):
         assert getattr(cfg, name) == getattr(expected, name), name

@@ -20,7 +20,8 @@ import pytest
 import sentencepiece
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from dtrpo_mega.data import ChatEncoder, DataConfig, PreferenceDataset, build_preference_dataset, check_vocabulary, load_tokenizer
+from dtrpo_mega.data import (ChatEncoder, DataConfig, PreferenceDataset, build_preference_dataset, check_vocabulary,
+                             load_tokenizer)
 from dtrpo_mega.data.indexed import paths
 from dtrpo_mega.models.families import FAMILIES, chat_template, model_config
 
@@ -57,7 +58,8 @@ def tokenizers(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tokenizers")
     return {
         "sentencepiece": _sentencepiece(root / "sp.model", SPECIALS),
-        "huggingface": _huggingface(root / "hf", {"bos_token": "<|begin_of_text|>", "eos_token": {"content": "<|im_end|>"}}),
+        "huggingface": _huggingface(root / "hf",
+                                    {"bos_token": "<|begin_of_text|>", "eos_token": {"content": "<|im_end|>"}}),
     }
 
 
@@ -97,7 +99,8 @@ PLAIN = [{"prompt": "why is the sky blue?", "chosen": "rayleigh scattering", "re
 # -- formats and chat templates ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family,eot,bos", [("fast_dllm_v2", "<|im_end|>", ""), ("llada", "<|eot_id|>", "<|startoftext|>")])
+@pytest.mark.parametrize("family,eot,bos",
+                         [("fast_dllm_v2", "<|im_end|>", ""), ("llada", "<|eot_id|>", "<|startoftext|>")])
 def test_plain_round_trip(tmp_path, tokenizer, family, eot, bos):
     ds = build(tmp_path, PLAIN, tokenizer, family)
     tok = load_tokenizer(tokenizer)
@@ -125,12 +128,14 @@ EXPECTED_PROMPTS = {
 
 @pytest.mark.parametrize("family", sorted(EXPECTED_PROMPTS))
 def test_conversational_round_trip(tmp_path, tokenizer, family):
-    question = " why is the sky blue?" if family == "llada" else "why is the sky blue?"  # LLaDA's template trims content
+    # LLaDA's template trims content
+    question = " why is the sky blue?" if family == "llada" else "why is the sky blue?"
     ds = build(tmp_path, [chat(question, "light", "the sea")], tokenizer, family)
     tok, template = load_tokenizer(tokenizer), chat_template(family)
     pair = ds[0]
     assert tok.decode(pair.prompt) == EXPECTED_PROMPTS[family]
-    assert tok.decode(pair.chosen) == template.response_prefix + "light" + template.end_of_turn  # SDAR: an empty think block
+    # SDAR: an empty think block
+    assert tok.decode(pair.chosen) == template.response_prefix + "light" + template.end_of_turn
     for special in template.special_tokens:  # each marker is one token id, never spelled out in text pieces
         assert list(pair.prompt).count(tok.token_to_id(special)) == EXPECTED_PROMPTS[family].count(special)
 
@@ -142,7 +147,8 @@ def test_completion_round_trip(tmp_path, tokenizer, conversational):
     tok, eot = load_tokenizer(tokenizer), ds.metadata["tokenizer"]["end_of_turn_id"]
     assert len(ds) == 2 and ds.kind == ds.metadata["kind"] == "completion" and not ds.metadata["has_steps"]
     example = ds[0]
-    assert tok.decode(example.prompt) == (EXPECTED_PROMPTS["fast_dllm_v2"] if conversational else "why is the sky blue?")
+    assert tok.decode(example.prompt) == (EXPECTED_PROMPTS["fast_dllm_v2"] if conversational
+                                          else "why is the sky blue?")
     assert tok.decode(example.chosen) == "rayleigh scattering<|im_end|>" and example.chosen[-1] == eot
     assert example.rejected.dtype == np.int64 and example.rejected.shape == (0,) and example.chosen_steps is None
     assert tok.decode(ds[1].chosen) == "4<|im_end|>" and ds[1].rejected.shape == (0,)
@@ -154,7 +160,8 @@ def test_completion_round_trip(tmp_path, tokenizer, conversational):
 @pytest.mark.parametrize("first,second", [("preference", "completion"), ("completion", "preference")])
 def test_mixed_kinds_name_both_lines(tmp_path, tokenizers, first, second):
     record = {"preference": PLAIN[0], "completion": completion("a", "b")}
-    with pytest.raises(ValueError, match=rf"data.jsonl:2: a {second} record but the first record \(.*data.jsonl:1\) is a {first}"):
+    with pytest.raises(ValueError,
+                       match=rf"data.jsonl:2: a {second} record but the first record \(.*data.jsonl:1\) is a {first}"):
         build(tmp_path, [record[first], record[second]], tokenizers["sentencepiece"])
 
 
@@ -166,7 +173,8 @@ def test_system_message_replaces_the_default(tmp_path, tokenizers):
 
 def test_implicit_prompt_matches_explicit(tmp_path, tokenizers):
     explicit = chat("why is the sky blue?", "light", "the sea")
-    implicit = {"chosen": explicit["prompt"] + explicit["chosen"], "rejected": explicit["prompt"] + explicit["rejected"]}
+    implicit = {"chosen": explicit["prompt"] + explicit["chosen"],
+                "rejected": explicit["prompt"] + explicit["rejected"]}
     a = build(tmp_path, [explicit], tokenizers["huggingface"], name="a")[0]
     b = build(tmp_path, [implicit], tokenizers["huggingface"], name="b")[0]
     for key in ("prompt", "chosen", "rejected"):
@@ -181,7 +189,8 @@ def test_message_text_cannot_inject_special_tokens(tmp_path, tokenizers):
 
 def test_examples_preprocess(tmp_path, tokenizers):
     for sample in sorted((REPO / "examples" / "data").glob("*.jsonl")):
-        counts = build_preference_dataset(sample, tokenizers["huggingface"], "fast_dllm_v2", tmp_path / sample.stem, 512)
+        counts = build_preference_dataset(sample, tokenizers["huggingface"], "fast_dllm_v2", tmp_path / sample.stem,
+                                          512)
         assert counts["read"] == counts["kept"] > 0, sample
 
 
@@ -277,7 +286,8 @@ def test_truncate_keeps_the_prompt_and_counts(tmp_path, tokenizers, caplog):
 
 
 def test_drop_counts_long_pairs_and_long_prompts(tmp_path, tokenizers, caplog):
-    records = [PLAIN[0], {"prompt": "2+2=", "chosen": LONG, "rejected": "5"}, {"prompt": LONG, "chosen": "a", "rejected": "b"}]
+    records = [PLAIN[0], {"prompt": "2+2=", "chosen": LONG, "rejected": "5"},
+               {"prompt": LONG, "chosen": "a", "rejected": "b"}]
     with caplog.at_level(logging.WARNING, logger="dtrpo_mega.data.preprocess"):
         ds = build(tmp_path, records, tokenizers["sentencepiece"], max_length=40, overlong="drop")
     assert ds.metadata["counts"] == dict(read=3, kept=1, truncated=0, dropped=2)
@@ -295,7 +305,8 @@ def test_everything_dropped_is_an_error(tmp_path, tokenizers):
 
 
 def _response_len(tokenizer: Path, text: str) -> int:
-    return len(ChatEncoder(chat_template("fast_dllm_v2"), load_tokenizer(tokenizer)).response(text, conversational=False))
+    return len(ChatEncoder(chat_template("fast_dllm_v2"), load_tokenizer(tokenizer)).response(text,
+                                                                                           conversational=False))
 
 
 def test_logged_steps_are_stored_and_truncated_with_the_response(tmp_path, tokenizer):
@@ -308,7 +319,8 @@ def test_logged_steps_are_stored_and_truncated_with_the_response(tmp_path, token
     first, second = ds[0], ds[1]
     np.testing.assert_array_equal(first.chosen_steps, np.arange(n_c))
     np.testing.assert_array_equal(first.rejected_steps, np.full(n_c, 3))
-    assert first.chosen_steps.dtype == np.int64 and len(second.rejected_steps) == len(second.rejected) == 40 - len(second.prompt)
+    assert (first.chosen_steps.dtype == np.int64
+            and len(second.rejected_steps) == len(second.rejected) == 40 - len(second.prompt))
     np.testing.assert_array_equal(second.rejected_steps, np.arange(len(second.rejected)))
 
 
@@ -325,18 +337,23 @@ GOOD = json.dumps(PLAIN[0])
     ([json.dumps(chat("a", "b", ""))], "data.jsonl:1: 'rejected' is an empty response"),
     (['{"prompt": "", "chosen": "b", "rejected": "c"}'], "data.jsonl:1: 'prompt' is empty"),
     (['[1, 2]'], "data.jsonl:1: expected a JSON object"),
-    ([json.dumps({**chat("a", "b", "c"), "chosen": "b"})], "data.jsonl:1: 'chosen' must be a list holding one assistant message"),
-    ([json.dumps({**chat("a", "b", "c"), "prompt": [{"role": "bot", "content": "a"}]})], "data.jsonl:1: prompt\\[0\\] has role 'bot'"),
+    ([json.dumps({**chat("a", "b", "c"), "chosen": "b"})],
+     "data.jsonl:1: 'chosen' must be a list holding one assistant message"),
+    ([json.dumps({**chat("a", "b", "c"), "prompt": [{"role": "bot", "content": "a"}]})],
+     "data.jsonl:1: prompt\\[0\\] has role 'bot'"),
     ([json.dumps({"chosen": chat("a", "b", "c")["chosen"], "rejected": chat("x", "b", "c")["rejected"]})],
      "data.jsonl:1: no 'prompt' key, and 'chosen' and 'rejected' do not share"),
-    ([json.dumps({**PLAIN[0], "chosen_steps": [0]})], "data.jsonl:1: 'chosen_steps' is given but 'rejected_steps' is not"),
-    ([json.dumps({**PLAIN[0], "chosen_steps": [0, -1], "rejected_steps": [0]})], "data.jsonl:1: 'chosen_steps' must be a list of non-negative"),
+    ([json.dumps({**PLAIN[0], "chosen_steps": [0]})],
+     "data.jsonl:1: 'chosen_steps' is given but 'rejected_steps' is not"),
+    ([json.dumps({**PLAIN[0], "chosen_steps": [0, -1], "rejected_steps": [0]})],
+     "data.jsonl:1: 'chosen_steps' must be a list of non-negative"),
     ([json.dumps({**PLAIN[0], "chosen_steps": [0, 1], "rejected_steps": [0, 1]})],
      "data.jsonl:1: 'chosen_steps' has 2 values but the tokenized chosen response has"),
     (['{"prompt": "a"}'], "data.jsonl:1: missing key 'chosen' .*'rejected'.* 'prompt' and 'completion'"),
     (['{"completion": "b"}'], "data.jsonl:1: missing key 'prompt'"),
     ([json.dumps({**completion("a", "b"), "chosen": "c"})],
-     r"data.jsonl:1: a record holds either 'completion' \(prompt-completion\) or 'chosen' and 'rejected' \(preference\), not both"),
+     r"data.jsonl:1: a record holds either 'completion' \(prompt-completion\) or 'chosen' and 'rejected' "
+     r"\(preference\), not both"),
     ([json.dumps(completion("a", "  "))], "data.jsonl:1: 'completion' is an empty response"),
     ([json.dumps(completion("a", "", conversational=True))], "data.jsonl:1: 'completion' is an empty response"),
     ([json.dumps({**completion("a", "b", conversational=True), "completion": [{"role": "user", "content": "b"}]})],
@@ -345,7 +362,8 @@ GOOD = json.dumps(PLAIN[0])
      "data.jsonl:1: 'completion_steps' is given, but a prompt-completion record carries no logged reveal steps"),
     ([json.dumps({**completion("a", "b"), "chosen_steps": [0], "rejected_steps": [0]})],
      "data.jsonl:1: 'chosen_steps' is given, but a prompt-completion record"),
-    ([json.dumps({"prompt": LONG, "chosen": "b", "rejected": "c"})], r"data.jsonl:1: the prompt alone has \d+ tokens, .*max_length=20"),
+    ([json.dumps({"prompt": LONG, "chosen": "b", "rejected": "c"})],
+     r"data.jsonl:1: the prompt alone has \d+ tokens, .*max_length=20"),
 ])
 def test_bad_records_name_file_and_line(tmp_path, tokenizers, lines, message):
     with pytest.raises(ValueError, match=message):
@@ -357,7 +375,8 @@ def test_mixed_logged_steps_name_both_lines(tmp_path, tokenizers):
     n = _response_len(tokenizers["sentencepiece"], PLAIN[0]["chosen"])
     m = _response_len(tokenizers["sentencepiece"], PLAIN[0]["rejected"])
     lines = [{**PLAIN[0], "chosen_steps": [0] * n, "rejected_steps": [0] * m}, PLAIN[0]]
-    with pytest.raises(ValueError, match=r"data.jsonl:2: lacks logged reveal steps but the first record \(.*data.jsonl:1\)"):
+    with pytest.raises(ValueError,
+                       match=r"data.jsonl:2: lacks logged reveal steps but the first record \(.*data.jsonl:1\)"):
         build(tmp_path, lines, tokenizers["sentencepiece"])
 
 
@@ -407,7 +426,8 @@ def test_vocabulary_mismatch_names_the_setting(tmp_path, tokenizers):
         check_vocabulary(ds, vocab_size=250, mask_token_id=249)
     five = int(ds[1].rejected[0])  # "5": a token of pair 1 only
     assert five not in np.concatenate([ds[0].prompt, ds[0].chosen, ds[0].rejected, ds[1].prompt, ds[1].chosen])
-    with pytest.raises(ValueError, match=rf"pair 1 contains token id {five}, the mask token \(model.mask_token_id={five}\)"):
+    with pytest.raises(ValueError,
+                       match=rf"pair 1 contains token id {five}, the mask token \(model.mask_token_id={five}\)"):
         check_vocabulary(ds, vocab_size=512, mask_token_id=five)
 
 

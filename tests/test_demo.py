@@ -18,7 +18,8 @@ def test_demo_shows_dtrpo_raising_held_out_accuracy(tmp_path):
                           capture_output=True, text=True, timeout=900)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
-    before, after = map(int, re.search(r"held-out accuracy .*: (\d+)% after SFT -> (\d+)% after dTRPO", output).groups())
+    before, after = map(int,
+                        re.search(r"held-out accuracy .*: (\d+)% after SFT -> (\d+)% after dTRPO", output).groups())
     assert after >= before + 50, output[-3000:]  # measured: 4% -> 92% (README)
     summary = json.loads((out / "summary.json").read_text())
     shown = summary["after"]["shown"]

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from dtrpo_mega.diffusion.mask import MaskVariant, collate, plain_sample
-from dtrpo_mega.diffusion.scoring import Objective, SequenceSpec, per_block_rows, plan_rows, scoring_row, trajectory_steps
+from dtrpo_mega.diffusion.scoring import (Objective, SequenceSpec, per_block_rows, plan_rows, scoring_row,
+                                          trajectory_steps)
 from dtrpo_mega.diffusion.spec import ScoringLayout
-from dtrpo_mega.diffusion.trajectory import SchedulerConfig, remask_at_steps, response_blocks, sample_rng, steps_per_block
+from dtrpo_mega.diffusion.trajectory import (SchedulerConfig, remask_at_steps, response_blocks, sample_rng,
+                                             steps_per_block)
 from dtrpo_mega.losses.preference import LossConfig, pair_losses
 from dtrpo_mega.models.dllm import build_model
 from dtrpo_mega.models.families import model_config
@@ -53,10 +55,12 @@ def one_pass_estimate(policy, reference, seq, steps, sched, chosen_steps, layout
     """l_hat for a fixed choice of one step per block (one [z~ ; y0] row, or one row per block)."""
     spec = policy.dllm_config.diffusion
     origin = spec.origin(seq.prompt_len)
-    row = remask_at_steps(seq.tokens, steps, seq.prompt_len, spec.block_size, spec.mask_token_id, sched, chosen_steps, origin)
+    row = remask_at_steps(seq.tokens, steps, seq.prompt_len, spec.block_size, spec.mask_token_id, sched, chosen_steps,
+                          origin)
     if layout == ScoringLayout.PER_BLOCK:
         blocks = response_blocks(seq.prompt_len, len(seq.tokens), spec.block_size, origin)
-        return rows_log_ratio(policy, reference, seq, per_block_rows(row, seq.tokens, blocks, spec.mask_token_id), layout)
+        return rows_log_ratio(policy, reference, seq, per_block_rows(row, seq.tokens, blocks, spec.mask_token_id),
+                              layout)
     return rows_log_ratio(policy, reference, seq, [row], layout)
 
 
@@ -149,7 +153,8 @@ def test_exact_trajectory_objective_equals_stepwise_decoding(world_of_one):
     total = rows_log_ratio(policy, reference, seq, rows)
     steps = trajectory_steps(seq, cfg.diffusion, sched, sample_rng(9, 0, 4, 1))
     assert len(rows) == max(steps_per_block(steps, 3, cfg.block_size))
-    torch.testing.assert_close(total.detach(), exact_log_ratio(policy, reference, seq, steps).detach(), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(total.detach(), exact_log_ratio(policy, reference, seq, steps).detach(), rtol=1e-10,
+                               atol=1e-10)
 
 
 @pytest.mark.parametrize("family,n,prompt_len", [("sdar", 11, 3), ("fast_dllm_v2", 13, 3), ("fast_dllm_v2", 14, 8)])

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from dtrpo_mega.eval import (
-    Example, Outcome, TaskKind, TaskResult, extract_choice, extract_number, read_examples, run_task, score, table, write_json,
+    Example, Outcome, TaskKind, TaskResult, extract_choice, extract_number, read_examples, run_task, score,
+    table, write_json,
 )
 
 
@@ -47,13 +48,15 @@ def test_score_numeric_choice_and_code():
     assert score(code, "```python\n    return a + b\n```").correct
     assert not score(code, "    return a - b").correct
     exact = Example("4", "q", TaskKind.EXACT, answer="3 5  12")
-    assert score(exact, " 3 5\n12 ").correct and not score(exact, "3 5 12 12").correct and not score(exact, "35 12").correct
+    assert (score(exact, " 3 5\n12 ").correct and not score(exact, "3 5 12 12").correct
+            and not score(exact, "35 12").correct)
 
 
 def test_read_examples_and_report(tmp_path):
     path = tmp_path / "tasks.jsonl"
     path.write_text(json.dumps({"prompt": "2+2?", "kind": "numeric", "answer": "4"}) + "\n\n"
-                    + json.dumps({"prompt": [{"role": "user", "content": "f?"}], "kind": "code", "tests": "assert True"}) + "\n")
+                    + json.dumps({"prompt": [{"role": "user", "content": "f?"}], "kind": "code",
+                                  "tests": "assert True"}) + "\n")
     examples = read_examples(path)
     assert [e.kind for e in examples] == [TaskKind.NUMERIC, TaskKind.CODE] and examples[1].prompt[0].content == "f?"
     (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "x", "kind": "code"}) + "\n")

@@ -35,7 +35,8 @@ def test_published_facts():
     assert model_config("sdar", "1.7b").tie_embeddings is True
     assert get_family("fast_dllm_v2").chat.default_system == "You are a helpful assistant."
     assert get_family("llada").chat.bos == "<|startoftext|>"
-    assert get_family("sdar").chat.response_prefix == "<think>\n\n</think>\n\n" and get_family("sdar").chat.default_system is None
+    assert (get_family("sdar").chat.response_prefix == "<think>\n\n</think>\n\n"
+            and get_family("sdar").chat.default_system is None)
     assert get_family("fast_dllm_v2").decoding.threshold == 0.9 and get_family("llada").decoding.tokens_per_step == 1
 
 
@@ -48,7 +49,8 @@ def test_a_stored_config_from_before_block_alignment_takes_its_familys():
 def test_chat_templates_need_no_megatron():
     """Preprocessing knows a family's chat template without importing megatron-core."""
     code = ("import sys; import dtrpo_mega.data.preprocess; from dtrpo_mega.models.families import chat_template; "
-            "chat_template('llada'); assert not [m for m in sys.modules if m.startswith('megatron')], 'megatron imported'")
+            "chat_template('llada'); "
+            "assert not [m for m in sys.modules if m.startswith('megatron')], 'megatron imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 

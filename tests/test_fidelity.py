@@ -82,7 +82,8 @@ def test_scoring_replays_the_samplers_own_trajectory(world_of_one, family, eot_s
                           stop_at_end_of_turn=fam.stops_at_end_of_turn)
     [gen], _ = Sampler(decoder, spec, cfg.vocab_size, decode).generate([prompt])
     assert gen.ended and len(prompt) + len(gen.tokens) - 1 == eot_slot and gen.tail, "the answer ends mid-block"
-    assert (len(prompt) + len(gen.tokens) + len(gen.tail) - spec.origin(len(prompt))) % spec.block_size == 0 or not fam.stops_at_end_of_turn
+    assert ((len(prompt) + len(gen.tokens) + len(gen.tail) - spec.origin(len(prompt))) % spec.block_size == 0
+            or not fam.stops_at_end_of_turn)
 
     tokens = np.asarray(prompt + gen.tokens + gen.tail)
     steps = np.asarray(gen.reveal_steps)
@@ -133,4 +134,5 @@ def test_a_masked_tail_is_scored_as_fast_dllm_v2s_generate_leaves_it(world_of_on
     with torch.no_grad():
         values = [float(one_pass_estimate(policy, reference, seq, steps, sched, list(c)))
                   for c in itertools.product(*[range(s) for s in per_block])]
-    assert np.mean(values) == pytest.approx(float(exact_log_ratio(policy, reference, seq, steps).detach()), rel=1e-10, abs=1e-10)
+    assert np.mean(values) == pytest.approx(float(exact_log_ratio(policy, reference, seq, steps).detach()), rel=1e-10,
+                                            abs=1e-10)

@@ -56,15 +56,18 @@ def test_query_subset_with_unequal_padding():
     """Context-parallel view: fewer queries than keys, padded to different buckets."""
     full = _layout(300)
     query_index = torch.arange(0, full.seq_len, 3)
-    layout = TokenLayout(full.positions, full.noisy, full.segments, full.variant, full.block_size, query_index=query_index)
+    layout = TokenLayout(full.positions, full.noisy, full.segments, full.variant, full.block_size,
+                         query_index=query_index)
     q, k, v = _qkv(2, query_index.numel(), full.seq_len)
-    torch.testing.assert_close(flex_attention(q, k, v, layout, scale=0.25), _dense(q, k, v, layout), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(flex_attention(q, k, v, layout, scale=0.25), _dense(q, k, v, layout), rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_an_epoch_of_mixed_lengths_compiles_once_per_bucket():
     counter = CompileCounter()  # dynamo's frame compilations; runs the captured graph eagerly
     kernel = compiled_flex(counter)
-    lengths = [300, 325, 350, 380, 400, 450, 500, 544, 550, 600, 650, 700, 750, 310, 505]  # 13 row lengths; 544: 512 tokens, no padding
+    # 13 row lengths; 544: 512 tokens, no padding
+    lengths = [300, 325, 350, 380, 400, 450, 500, 544, 550, 600, 650, 700, 750, 310, 505]
     buckets = set()
     with torch.no_grad():
         for i, n in enumerate(lengths):

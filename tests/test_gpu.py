@@ -15,7 +15,8 @@ TOL = {torch.float32: dict(rtol=2e-3, atol=2e-3), torch.bfloat16: dict(rtol=5e-2
 
 @pytest.fixture
 def transformer_engine():
-    pytest.importorskip("transformer_engine.pytorch", reason="Transformer Engine is not installed (no prebuilt wheel of its PyTorch extension)")
+    pytest.importorskip("transformer_engine.pytorch",
+                        reason="Transformer Engine is not installed (no prebuilt wheel of its PyTorch extension)")
 
 
 @pytest.fixture
@@ -63,7 +64,8 @@ def test_compiled_flex_compiles_once_per_bucket_with_gradients():
         layout = _layout(n, seed=i).to("cuda")
         buckets.add(bucket_length(layout.seq_len))
         g = torch.Generator(device="cuda").manual_seed(i)
-        q, k, v = (torch.randn(2, heads, layout.seq_len, 64, device="cuda", generator=g, requires_grad=True) for heads in (4, 2, 2))
+        q, k, v = (torch.randn(2, heads, layout.seq_len, 64, device="cuda", generator=g, requires_grad=True)
+                   for heads in (4, 2, 2))
         out = flex_attention(q, k, v, layout, scale=0.125, kernel=kernel)
         grads = torch.autograd.grad(out.square().sum(), (q, k, v))
         ref = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.allowed(), scale=0.125, enable_gqa=True)

@@ -10,7 +10,8 @@ import torch
 
 from dtrpo_mega.diffusion.mask import MaskVariant, block_diffusion_sample, collate
 from dtrpo_mega.models.families import model_config
-from dtrpo_mega.perf.flops import allowed_pairs, attention_flops_per_pair, dense_flops_per_token, peak_bf16_flops, tile_counts, training_step_flops
+from dtrpo_mega.perf.flops import (allowed_pairs, attention_flops_per_pair, dense_flops_per_token, peak_bf16_flops,
+                                   tile_counts, training_step_flops)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -44,8 +45,9 @@ def test_allowed_pairs_by_hand_padding_excluded():
 
 @pytest.mark.parametrize(
     "name,tflops",
-    [("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H200", 989.4), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA A100-SXM4-80GB", 312.0),
-     ("NVIDIA A100 80GB PCIe", 312.0), ("NVIDIA H100 NVL", None), ("NVIDIA L4", None)],
+    [("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H200", 989.4), ("NVIDIA H100 PCIe", 756.0),
+     ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA A100 80GB PCIe", 312.0), ("NVIDIA H100 NVL", None),
+     ("NVIDIA L4", None)],
 )
 def test_peak_flops_table(name, tflops):
     assert peak_bf16_flops(name) == (None if tflops is None else tflops * 1e12)
@@ -55,8 +57,10 @@ def test_throughput_arguments():
     args = gpu_throughput.parse_args(["--dry-run"])
     assert (args.device, args.size, args.dtype, args.backends) == ("cpu", "tiny", "fp32", ["local"])
     args = gpu_throughput.parse_args(["--device", "cpu"])
-    assert (args.size, args.backends, args.lengths, args.recompute) == ("1.5b", ["te", "flex"], [4096, 8192], ["off", "on"])
-    for bad in (["--device", "cpu", "--steps", "0"], ["--device", "cpu", "--lengths", "500"], ["--device", "cpu", "--lengths", "4097"], ["--backends", "xla"]):
+    assert (args.size, args.backends, args.lengths, args.recompute) == ("1.5b", ["te", "flex"], [4096, 8192],
+                                                                        ["off", "on"])
+    for bad in (["--device", "cpu", "--steps", "0"], ["--device", "cpu", "--lengths", "500"],
+                ["--device", "cpu", "--lengths", "4097"], ["--backends", "xla"]):
         with pytest.raises(SystemExit):
             gpu_throughput.parse_args(bad)
     if not torch.cuda.is_available():
@@ -67,14 +71,16 @@ def test_throughput_arguments():
 def test_throughput_dry_run_writes_json_and_docs(tmp_path):
     docs = tmp_path / "gpu.md"
     docs.write_text(f"# GPU\n\nbefore\n{gpu_throughput.BEGIN}\nold table\n{gpu_throughput.END}\nafter\n")
-    results = gpu_throughput.main(["--dry-run", "--recompute", "off", "on", "--out", str(tmp_path / "t.json"), "--docs", str(docs), "--note", "tests: fine"])
+    results = gpu_throughput.main(["--dry-run", "--recompute", "off", "on", "--out", str(tmp_path / "t.json"), "--docs",
+                                   str(docs), "--note", "tests: fine"])
     assert [(r.status, r.steps, r.recompute) for r in results] == [("ok", 2, False), ("ok", 2, True)]
     layout = gpu_throughput.row(model_config("fast_dllm_v2"), 192, 32, "cpu")[1]
     assert layout.seq_len == 192
     assert results[0].model_flops_per_step == 3 * (192 * 327_680 + allowed_pairs(layout) * 1024)
     assert results[0].tokens_per_s > 0 and results[0].mfu is None and results[0].peak_memory_gib is None
     text = docs.read_text()
-    assert "old table" not in text and text.startswith("# GPU\n\nbefore\n") and text.endswith(f"{gpu_throughput.END}\nafter\n")
+    assert ("old table" not in text and text.startswith("# GPU\n\nbefore\n")
+            and text.endswith(f"{gpu_throughput.END}\nafter\n"))
     assert "| local | 192 | full |" in text and "tests: fine" in text
     with pytest.raises(ValueError, match="markers"):
         gpu_throughput.write_between_markers(tmp_path / "t.json", "x")

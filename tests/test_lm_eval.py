@@ -187,7 +187,9 @@ def test_tokenizer_defaults_to_the_checkpoints_own_and_batch_size_is_a_number(ti
     from dtrpo_mega.eval.lm_eval_model import DtrpoLM
 
     model, tokenizer = tiny
-    with pytest.raises(ValueError, match="holds no tokenizer.json or tokenizer.model, .*give one \\(--tokenizer, or tokenizer= in lm-eval's model_args\\)"):
+    with pytest.raises(ValueError,
+                       match="holds no tokenizer.json or tokenizer.model, .*give one \\(--tokenizer, or tokenizer= in "
+                             "lm-eval's model_args\\)"):
         DtrpoLM(pretrained=str(model))
     with pytest.raises(ValueError, match="batch_size must be a positive number, got 'auto'"):
         DtrpoLM(pretrained=str(model), tokenizer=str(tokenizer), batch_size="auto")

@@ -29,10 +29,12 @@ def test_each_loss_type_matches_its_formula(lw, ll, beta, eps):
     }
     for loss_type, value in expected.items():
         cfg = LossConfig(beta=beta, loss_type=loss_type, label_smoothing=eps)
-        got = pair_losses(torch.tensor([[lw, ll]], dtype=torch.float64), torch.tensor([lengths], dtype=torch.float64), cfg)
+        got = pair_losses(torch.tensor([[lw, ll]], dtype=torch.float64), torch.tensor([lengths], dtype=torch.float64),
+                          cfg)
         assert got.item() == pytest.approx(value, rel=1e-12, abs=1e-12), loss_type
     unnormalized = LossConfig(beta=beta, loss_type=LossType.IPO, ipo_length_normalized=False)
-    got = pair_losses(torch.tensor([[lw, ll]], dtype=torch.float64), torch.tensor([lengths], dtype=torch.float64), unnormalized)
+    got = pair_losses(torch.tensor([[lw, ll]], dtype=torch.float64), torch.tensor([lengths], dtype=torch.float64),
+                      unnormalized)
     assert got.item() == pytest.approx((logits - 1 / (2 * beta)) ** 2, rel=1e-12, abs=1e-12)
 
 
@@ -57,7 +59,8 @@ def test_rows_of_a_sequence_add_up_and_metrics_follow_trl():
     # TRL's NLL term: the chosen tokens' mean over the whole batch (given the global batch's pairs per token)
     trl, _ = dtrpo_loss(sums, ref, lengths, LossConfig(beta=0.5, nll_weight=0.1))
     torch.testing.assert_close(trl / 2, dpo.mean() + 0.1 * -sums[:, 0].sum() / lengths[:, 0].sum())
-    global_batch, _ = dtrpo_loss(sums, ref, lengths, LossConfig(beta=0.5, nll_weight=0.1), pairs_per_chosen_token=4 / 20)
+    global_batch, _ = dtrpo_loss(sums, ref, lengths, LossConfig(beta=0.5, nll_weight=0.1),
+                                 pairs_per_chosen_token=4 / 20)
     torch.testing.assert_close(global_batch, dpo.sum() + 0.1 * -sums[:, 0].sum() * 4 / 20)
     assert report["rewards/chosen"].item() == pytest.approx(0.5 * (-0.5 + 0.4))
     assert report["rewards/rejected"].item() == pytest.approx(0.5 * (-1.0 - 1.0))
@@ -91,10 +94,12 @@ def test_sigmoid_on_a_causal_layout_is_dpo(world_of_one):
     policy_lp, ref_lp = causal_token_logps(policy), causal_token_logps(reference).detach()
     rows = _rows(weights, sequence=[0, 1], pairs=1)
     beta = 0.3
-    loss, _ = dtrpo_loss(rows.sequence_sums(policy_lp), rows.sequence_sums(ref_lp), torch.tensor([[6.0, 4.0]]), LossConfig(beta=beta))
+    loss, _ = dtrpo_loss(rows.sequence_sums(policy_lp), rows.sequence_sums(ref_lp), torch.tensor([[6.0, 4.0]]),
+                         LossConfig(beta=beta))
 
     def sequence_logp(model, seq, n_prompt):  # DPO's log pi(y | x), token by token
-        logps = model(seq[None], collate([plain_sample(seq)], MaskVariant.CAUSAL, cfg.block_size, 0)[1])[0].log_softmax(-1)
+        logps = model(seq[None],
+                      collate([plain_sample(seq)], MaskVariant.CAUSAL, cfg.block_size, 0)[1])[0].log_softmax(-1)
         return sum(logps[j - 1, seq[j]] for j in range(n_prompt, len(seq)))
 
     dpo_logits = (sequence_logp(policy, seqs[0], 5) - sequence_logp(reference, seqs[0], 5)) - (
@@ -120,4 +125,5 @@ def _rows(weights, sequence, pairs):
     zeros = torch.zeros(weights.shape, dtype=torch.long)
     layout = TokenLayout(zeros, torch.zeros(weights.shape, dtype=torch.bool), zeros + 1, MaskVariant.CAUSAL, 1)
     seq = torch.tensor(sequence)[:, None].expand(weights.shape)
-    return ScoredRows(zeros, layout, zeros, weights, seq, torch.arange(pairs), torch.ones(pairs, 2, dtype=torch.float64), 0)
+    return ScoredRows(zeros, layout, zeros, weights, seq, torch.arange(pairs),
+                      torch.ones(pairs, 2, dtype=torch.float64), 0)

@@ -56,7 +56,8 @@ def _sizes(family):
 def test_tied_and_untied_embeddings(world_of_one):
     tied = _model(world_of_one, "sdar", tie_embeddings=True)
     untied = _model(world_of_one, "sdar", tie_embeddings=False)
-    assert tied.output_layer.weight is None and tied.shared_embedding_or_output_weight() is tied.embedding.word_embeddings.weight
+    assert (tied.output_layer.weight is None
+            and tied.shared_embedding_or_output_weight() is tied.embedding.word_embeddings.weight)
     assert untied.output_layer.weight is not None
 
 
@@ -139,7 +140,8 @@ def _backend_outputs(family, backends, device="cpu", dtype=torch.float32, with_g
         sample = block_diffusion_sample(noisy, clean, 5, cfg.block_size)
     else:
         sample = plain_sample(noisy)
-    other = block_diffusion_sample(clean, clean, 9, cfg.block_size) if cfg.attention == MaskVariant.BLOCK_DIFFUSION else plain_sample(clean[:11])
+    other = (block_diffusion_sample(clean, clean, 9, cfg.block_size) if cfg.attention == MaskVariant.BLOCK_DIFFUSION
+             else plain_sample(clean[:11]))
     tokens, layout = collate([sample, other], cfg.attention, cfg.block_size, pad_id=0, pad_to_multiple=16)
     tokens, layout = tokens.to(device), layout.to(device)
     outputs, weights = {}, None

@@ -28,7 +28,8 @@ from dtrpo_mega.rows import RowBuilder
 
 SHAPES = {  # Qwen2 GQA with q/k/v bias; Qwen3 q/k norm, wider, tied; LLaMA-style MHA
     "fast_dllm_v2": ("fast_dllm_v2", {}),
-    "sdar_wide": ("sdar", dict(hidden_size=96, ffn_hidden_size=160, num_attention_heads=6, num_query_groups=3, tie_embeddings=True)),
+    "sdar_wide": ("sdar", dict(hidden_size=96, ffn_hidden_size=160, num_attention_heads=6, num_query_groups=3,
+                               tie_embeddings=True)),
     "llada_mha": ("llada", dict(num_query_groups=4)),
 }
 RECOMPUTE = {
@@ -47,7 +48,8 @@ def _model(name: str):
 
 def _pairs(n: int, prompt: int, response: int) -> list[PreferencePair]:
     rng = np.random.default_rng(0)
-    return [PreferencePair(i, rng.integers(0, 200, prompt), rng.integers(0, 200, response), rng.integers(0, 200, response)) for i in range(n)]
+    return [PreferencePair(i, rng.integers(0, 200, prompt), rng.integers(0, 200, response),
+                           rng.integers(0, 200, response)) for i in range(n)]
 
 
 def _rope_saved(s: M.Settings) -> bool:
@@ -63,12 +65,15 @@ def _compare(name: str, work: M.Workload, recompute: str, bf16: bool = False) ->
     cfg = _model(name)
     work = dataclasses.replace(work, block_origin=cfg.diffusion.origin(work.prompt_length))
     s = M.Settings(cfg, bf16=bf16, backend="local", transformer_impl="local", recompute=RECOMPUTE[recompute])
-    rows = RowBuilder(cfg, SchedulerConfig(), Objective.DTRPO, seed=1, pad_to_multiple=work.pad_to_multiple, layout=ScoringLayout.ONE_PASS)
+    rows = RowBuilder(cfg, SchedulerConfig(), Objective.DTRPO, seed=1, pad_to_multiple=work.pad_to_multiple,
+                      layout=ScoringLayout.ONE_PASS)
     pairs = _pairs(work.pairs_per_step, work.prompt_length, work.response_length)
-    mb = rows.packed_micro_batches(pairs, 0, work.packed_tokens)[0] if work.packed_tokens else rows.micro_batch(pairs, 0)
+    mb = (rows.packed_micro_batches(pairs, 0, work.packed_tokens)[0] if work.packed_tokens
+          else rows.micro_batch(pairs, 0))
     shape = work.shape(cfg.block_size)
     assert tuple(mb.tokens.shape) == (shape.rows, shape.tokens)
-    model = build_model(cfg, params_dtype=torch.bfloat16 if bf16 else torch.float32, transformer_impl="local", recompute=s.recompute).train()
+    model = build_model(cfg, params_dtype=torch.bfloat16 if bf16 else torch.float32, transformer_impl="local",
+                        recompute=s.recompute).train()
     with SavedActivations(model) as saved:
         model(mb.tokens, mb.layout, labels=mb.labels)
     predicted = sum(M.saved_bytes(s, shape).values()) + _rope_saved(s) * M.cache_bytes(s, shape)["rope"]
@@ -111,9 +116,11 @@ def test_parameters_exact(world_of_one, name):
     assert tp2 == M.stage_parameters(cfg, 2, 1, 0)
     half = cfg.num_layers // 2
     layer = lambda n: int(n.split(".")[2]) if n.startswith("decoder.layers.") else None  # noqa: E731
-    first = sum(p.numel() for n, p in named.items() if n.startswith("embedding.") or (layer(n) is not None and layer(n) < half))
+    first = sum(p.numel() for n, p in named.items()
+                if n.startswith("embedding.") or (layer(n) is not None and layer(n) < half))
     embedding = named["embedding.word_embeddings.weight"].numel()
-    last = sum(p.numel() for n, p in named.items() if not n.startswith("embedding.") and (layer(n) is None or layer(n) >= half))
+    last = sum(p.numel() for n, p in named.items()
+               if not n.startswith("embedding.") and (layer(n) is None or layer(n) >= half))
     assert first == M.stage_parameters(cfg, 1, 2, 0)
     assert last + cfg.tie_embeddings * embedding == M.stage_parameters(cfg, 1, 2, 1)  # tied: a copy on the last stage
 
@@ -138,7 +145,8 @@ def test_per_block_rows_are_planned_as_built(objective):
     cfg = load_config(overrides=["model.family=llada", f"objective.name={objective}", "train.global_batch_size=1"])
     model = model_config("llada")
     _, work = M.from_train_config(cfg, model, dp=1, prompt_length=6, response_length=20)
-    rows = RowBuilder(model, cfg.scheduler, cfg.objective.name, seed=1, pad_to_multiple=cfg.data.pad_to_multiple).micro_batch(_pairs(1, 6, 20), 0)
+    rows = RowBuilder(model, cfg.scheduler, cfg.objective.name, seed=1,
+                      pad_to_multiple=cfg.data.pad_to_multiple).micro_batch(_pairs(1, 6, 20), 0)
     assert work.plain and tuple(rows.tokens.shape) == dataclasses.astuple(work.shape(model.block_size))
 
 
@@ -189,7 +197,8 @@ def test_cli_prints_table(capsys):
 
 
 def test_cli_packing(capsys):
-    args = ["--config", CONFIG, "data.packing=true", "train.micro_batch_tokens=16384", "train.recompute_granularity=full"]
+    args = ["--config", CONFIG, "data.packing=true", "train.micro_batch_tokens=16384",
+            "train.recompute_granularity=full"]
     assert _tool().main(args) == 0
     out = capsys.readouterr().out
     assert "packed rows of 16384 tokens" in out and "max micro_batch_tokens" in out
@@ -197,7 +206,8 @@ def test_cli_packing(capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--world-size", "8", "--cp", "3"], "not divisible by TP=4 x PP=2 x CP=3"),
-    (["--cp", "3", "data.packing=true", "train.micro_batch_tokens=8192"], "multiple of 2 x parallel.context_parallel_size=3"),
+    (["--cp", "3", "data.packing=true", "train.micro_batch_tokens=8192"],
+     "multiple of 2 x parallel.context_parallel_size=3"),
     (["--tp", "3"], "TP=3 does not divide"),
     (["model.overrides.attention_backend=fast"], "'fast' is not a valid AttentionBackend"),
     (["objective.name=exact_trajectory"], "one row per decoding step"),

@@ -9,7 +9,8 @@ from dtrpo_mega.training.setup import build_policy, build_reference_model, setup
 
 
 def test_preference_accuracy(world_of_one, counting_data):
-    run = setup_run(load_config(None, [f"data.path={counting_data}", "model.overrides={num_layers: 2}", "train.global_batch_size=4"]))
+    run = setup_run(load_config(None, [f"data.path={counting_data}", "model.overrides={num_layers: 2}",
+                                       "train.global_batch_size=4"]))
     policy = build_policy(run).eval()
     reference = build_reference_model(run, policy).eval()
 
@@ -24,7 +25,8 @@ def test_preference_accuracy(world_of_one, counting_data):
     mb = run.rows.micro_batch([run.dataset[i] for i in range(len(run.dataset))], epoch=0)
     with torch.no_grad():
         ref_sums = mb.sequence_sums(-reference(mb.tokens, mb.layout, labels=mb.labels))
-        _, report = dtrpo_loss(mb.sequence_sums(-policy(mb.tokens, mb.layout, labels=mb.labels)), ref_sums, mb.response_lengths, LossConfig(beta=0.1))
+        _, report = dtrpo_loss(mb.sequence_sums(-policy(mb.tokens, mb.layout, labels=mb.labels)), ref_sums,
+                               mb.response_lengths, LossConfig(beta=0.1))
         count = report["pairs"]
     assert 0 < one.accuracy < 1
     assert one.accuracy == report["rewards/accuracies"].item() / count.item()
@@ -41,7 +43,8 @@ def test_evaluate_tool_reports_pairwise_accuracy(world_of_one, counting_data, tm
 
     from dtrpo_mega.checkpoint.model import save_model
 
-    run = setup_run(load_config(None, [f"data.path={counting_data}", "model.overrides={num_layers: 2}", "train.global_batch_size=4"]))
+    run = setup_run(load_config(None, [f"data.path={counting_data}", "model.overrides={num_layers: 2}",
+                                       "train.global_batch_size=4"]))
     policy = build_policy(run).eval()
     reference = build_reference_model(run, policy).eval()
     with torch.no_grad():
@@ -55,9 +58,10 @@ def test_evaluate_tool_reports_pairwise_accuracy(world_of_one, counting_data, tm
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     out = tmp_path / "results.json"
-    rc = tool.main(["--ckpt", str(tmp_path / "policy"), "--tokenizer", str(Path(counting_data).parent / "tokenizer.json"),
-                    "--pairs", counting_data, "--reference", str(tmp_path / "reference"), "--beta", "0.2", "--draws", "2",
-                    "--pair-seed", str(run.cfg.train.seed), "--out", str(out)])
+    rc = tool.main(["--ckpt", str(tmp_path / "policy"), "--tokenizer",
+                    str(Path(counting_data).parent / "tokenizer.json"), "--pairs", counting_data, "--reference",
+                    str(tmp_path / "reference"), "--beta", "0.2", "--draws", "2", "--pair-seed",
+                    str(run.cfg.train.seed), "--out", str(out)])
     assert rc == 0 and "pairwise_accuracy" in capsys.readouterr().out
     summary = json.loads(out.read_text())["summary"][f"pairs:{Path(counting_data).name}"]
     assert summary["n"] == expected.pairs and abs(summary["score"] - expected.accuracy) < 1e-12

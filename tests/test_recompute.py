@@ -40,7 +40,8 @@ def _train_step(model, tokens, layout):
     attention_calls = [0] * len(model.decoder.layers)
     for i, layer in enumerate(model.decoder.layers):
         layer.register_forward_pre_hook(lambda *_, i=i: layer_calls.__setitem__(i, layer_calls[i] + 1))
-        layer.self_attention.core_attention.register_forward_pre_hook(lambda *_, i=i: attention_calls.__setitem__(i, attention_calls[i] + 1))
+        layer.self_attention.core_attention.register_forward_pre_hook(
+            lambda *_, i=i: attention_calls.__setitem__(i, attention_calls[i] + 1))
     with SavedActivations(model) as saved:
         loss = model(tokens, layout, labels=tokens).sum()
     loss.backward()
@@ -81,7 +82,8 @@ def test_recompute_reruns_what_it_says(steps, name):
 
 def test_recompute_saves_fewer_activations(steps):
     saved = {name: result[2] for name, result in steps.items()}
-    assert saved["full uniform 2"] < saved["full uniform 1"] < saved["full block 1"] < saved["selective"] < saved["none"]
+    assert (saved["full uniform 2"] < saved["full uniform 1"] < saved["full block 1"] < saved["selective"]
+            < saved["none"])
     assert saved["full uniform 1"] * 3 < saved["none"]
 
 
@@ -95,9 +97,12 @@ def test_eval_mode_does_not_recompute(world_of_one):
 
 
 def test_checkpoint_spans():
-    assert checkpoint_spans(RecomputeConfig(FULL, RecomputeMethod.UNIFORM, 2), 5) == [(0, 2, True), (2, 4, True), (4, 5, True)]
-    assert checkpoint_spans(RecomputeConfig(FULL, RecomputeMethod.BLOCK, 2), 5) == [(0, 1, True), (1, 2, True), (2, 5, False)]
-    assert checkpoint_spans(RecomputeConfig(FULL, RecomputeMethod.BLOCK, 3), 3) == [(0, 1, True), (1, 2, True), (2, 3, True)]
+    assert checkpoint_spans(RecomputeConfig(FULL, RecomputeMethod.UNIFORM, 2), 5) == [(0, 2, True), (2, 4, True),
+                                                                                      (4, 5, True)]
+    assert checkpoint_spans(RecomputeConfig(FULL, RecomputeMethod.BLOCK, 2), 5) == [(0, 1, True), (1, 2, True),
+                                                                                    (2, 5, False)]
+    assert checkpoint_spans(RecomputeConfig(FULL, RecomputeMethod.BLOCK, 3), 3) == [(0, 1, True), (1, 2, True),
+                                                                                    (2, 3, True)]
 
 
 def test_num_layers_beyond_a_pipeline_stage_is_refused(world_of_one):
@@ -110,10 +115,14 @@ def test_num_layers_beyond_a_pipeline_stage_is_refused(world_of_one):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["train.recompute_num_layers=2"], r"train\.recompute_num_layers=2 applies to train\.recompute_granularity=full only"),
-        (["train.recompute_granularity=selective", "train.recompute_num_layers=1"], r"train\.recompute_num_layers=1 applies to"),
-        (["train.recompute_granularity=full", "train.recompute_num_layers=0"], r"train\.recompute_num_layers must be >= 1, got 0"),
-        (["train.recompute_granularity=selective", "train.recompute_method=block"], r"train\.recompute_method=block applies to train\.recompute_granularity=full"),
+        (["train.recompute_num_layers=2"],
+         r"train\.recompute_num_layers=2 applies to train\.recompute_granularity=full only"),
+        (["train.recompute_granularity=selective", "train.recompute_num_layers=1"],
+         r"train\.recompute_num_layers=1 applies to"),
+        (["train.recompute_granularity=full", "train.recompute_num_layers=0"],
+         r"train\.recompute_num_layers must be >= 1, got 0"),
+        (["train.recompute_granularity=selective", "train.recompute_method=block"],
+         r"train\.recompute_method=block applies to train\.recompute_granularity=full"),
         (["train.recompute_granularity=partial"], r"train\.recompute_granularity"),
     ],
 )
@@ -123,7 +132,8 @@ def test_recompute_settings_are_validated(overrides, message):
 
 
 def test_valid_recompute_settings():
-    cfg = load_config(None, ["train.recompute_granularity=full", "train.recompute_method=block", "train.recompute_num_layers=2"])
+    cfg = load_config(None, ["train.recompute_granularity=full", "train.recompute_method=block",
+                             "train.recompute_num_layers=2"])
     cfg.validate(1)
     assert cfg.train.recompute == RecomputeConfig(FULL, RecomputeMethod.BLOCK, 2)
     assert load_config(None, ["train.recompute_granularity=full"]).train.recompute.num_layers == 1

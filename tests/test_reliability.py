@@ -41,8 +41,9 @@ def _saved(tmp_path, name="ckpt"):
 
 
 def _config(data, run_dir, *extra):
-    return load_config(None, [f"data.path={data}", "model.overrides={num_layers: 2}", "train.global_batch_size=2", "train.micro_batch_size=1",
-                              f"checkpoint.dir={run_dir}/ckpt", f"logging.dir={run_dir}", "logging.progress_bar=false", *extra])
+    return load_config(None, [f"data.path={data}", "model.overrides={num_layers: 2}", "train.global_batch_size=2",
+                              "train.micro_batch_size=1", f"checkpoint.dir={run_dir}/ckpt", f"logging.dir={run_dir}",
+                              "logging.progress_bar=false", *extra])
 
 
 # -- correctness ------------------------------------------------------------------------------------
@@ -56,8 +57,11 @@ def test_random_initialization_is_the_same_at_every_layout(tmp_path):
 
 def test_a_resume_against_another_reference_is_refused(world_of_one, tmp_path):
     model, _ = _saved(tmp_path)
-    path = save_checkpoint(tmp_path / "run", 3, model, StandInOptimizer(model), config={}, reference="random-init(seed=1)")
-    with pytest.raises(ValueError, match=r"trained against the reference random-init\(seed=1\), but this run's reference is sha256:ab"):
+    path = save_checkpoint(tmp_path / "run", 3, model, StandInOptimizer(model), config={},
+                           reference="random-init(seed=1)")
+    with pytest.raises(ValueError,
+                       match=r"trained against the reference random-init\(seed=1\), but this run's reference is "
+                             r"sha256:ab"):
         load_checkpoint(path, model, StandInOptimizer(model), reference="sha256:ab")
     assert load_checkpoint(path, model, StandInOptimizer(model), reference="random-init(seed=1)").step == 3
 
@@ -82,7 +86,8 @@ def test_a_second_job_in_the_same_checkpoint_dir_is_refused(world_of_one, counti
     (tmp_path / "ckpt").mkdir()
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); fcntl.lockf(f, fcntl.LOCK_EX); "
-        "f.write(f'pid {os.getpid()} on testhost\\n'); f.flush(); print('locked', flush=True); time.sleep(60)"), str(tmp_path / "ckpt" / ".lock")],
+        "f.write(f'pid {os.getpid()} on testhost\\n'); f.flush(); print('locked', flush=True); time.sleep(60)"),
+                               str(tmp_path / "ckpt" / ".lock")],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -111,7 +116,8 @@ def test_a_pickle_planted_in_checkpoint_metadata_never_runs(world_of_one, tmp_pa
     model, path = _saved(tmp_path)
     marker = tmp_path / "PWNED"
     (path / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
-    for load in (lambda: load_model(model, path, verify=False), lambda: export_hf(path, tmp_path / "hf", log=lambda *_: None)):
+    for load in (lambda: load_model(model, path, verify=False),
+                 lambda: export_hf(path, tmp_path / "hf", log=lambda *_: None)):
         with pytest.raises(Exception, match=r"\.metadata: refusing to load posix\.system"):
             load()
     assert not marker.exists()
@@ -152,7 +158,8 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(world_of_o
     save_checkpoint(tmp_path / "run", 1, model, StandInOptimizer(model), config={})
 
     def full(*args, **kwargs):
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0; basic_ios::clear: iostream error")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0; basic_ios::clear: "
+                           "iostream error")
 
     monkeypatch.setattr(checkpoint.torch, "save", full)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
@@ -189,7 +196,8 @@ if __name__ == "__main__":
     main()
 """)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "DTRPO_TEST_MARKER": marker}
-    proc = subprocess.run([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    proc = subprocess.run([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          timeout=120)
     assert proc.returncode == -signal.SIGKILL
     time.sleep(2)
     left = []
@@ -232,10 +240,10 @@ def test_every_bad_setting_is_named(override, message):
 @pytest.mark.slow
 def test_training_errors_print_one_line_before_any_process_group(counting_data, tmp_path):
     """A bad setting on 2 ranks: one `error:` line, exit status 2, no traceback."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}", "-m", "dtrpo_mega.train",
-           f"data.path={counting_data}", "train.global_batch_size=3", f"logging.dir={tmp_path}"]
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=300)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}", "-m",
+           "dtrpo_mega.train", f"data.path={counting_data}", "train.global_batch_size=3", f"logging.dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert out.count("error: train.global_batch_size=3 must be a multiple") == 1, out[-3000:]
@@ -246,14 +254,18 @@ def test_training_errors_print_one_line_before_any_process_group(counting_data, 
 def test_train_sh_forwards_sigterm_and_exits_0(counting_data, tmp_path):
     """SIGTERM to examples/train.sh reaches the ranks, which save; torchrun and the script exit 0."""
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"data:\n  path: {counting_data}\nmodel:\n  overrides: {{num_layers: 2}}\ntrain:\n  global_batch_size: 4\n  micro_batch_size: 2\n"
-                   "  train_steps: 100000\nlogging:\n  progress_bar: false\n")
-    env = {**os.environ, "CONFIG": str(cfg), "GPUS_PER_NODE": "2", "TP": "1", "PP": "2", "MASTER_PORT": str(free_port()),
-           "CKPT_DIR": str(tmp_path / "ckpt"), "LOG_DIR": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
-    proc = subprocess.Popen(["bash", str(REPO / "examples" / "train.sh")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cfg.write_text(f"data:\n  path: {counting_data}\nmodel:\n  overrides: {{num_layers: 2}}\n"
+                   "train:\n  global_batch_size: 4\n  micro_batch_size: 2\n  train_steps: 100000\n"
+                   "logging:\n  progress_bar: false\n")
+    env = {**os.environ, "CONFIG": str(cfg), "GPUS_PER_NODE": "2", "TP": "1", "PP": "2",
+           "MASTER_PORT": str(free_port()), "CKPT_DIR": str(tmp_path / "ckpt"), "LOG_DIR": str(tmp_path),
+           "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
+    proc = subprocess.Popen(["bash", str(REPO / "examples" / "train.sh")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     metrics, deadline = tmp_path / "metrics.jsonl", time.time() + 240
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else "no progress"
+        assert proc.poll() is None and time.time() < deadline, (proc.stdout.read() if proc.poll() is not None
+                                                                else "no progress")
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=300)
@@ -263,11 +275,13 @@ def test_train_sh_forwards_sigterm_and_exits_0(counting_data, tmp_path):
 
 
 def test_fallback_warnings_are_one_line_from_rank_0(tmp_path):
-    code = ("import warnings, dtrpo_mega.quiet as q; warnings.warn('Apex is not installed. Falling back to Torch Norm'); "
+    code = ("import warnings, dtrpo_mega.quiet as q; "
+            "warnings.warn('Apex is not installed. Falling back to Torch Norm'); "
             "warnings.warn('Transformer Engine and Apex are not installed. Falling back to Torch optimizers.'); "
             "warnings.warn('something else'); q.report(); q.report()")
-    run = lambda rank: subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,  # noqa: E731
-                                      env={**os.environ, "RANK": rank, "PYTHONPATH": str(REPO)}).stderr
+    run = lambda rank: subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,  # noqa: E731
+                                      text=True, env={**os.environ, "RANK": rank, "PYTHONPATH": str(REPO)}).stderr
     zero, one = run("0"), run("1")
-    assert zero.count("note: no Transformer Engine / apex here") == 1 and "2 warnings hidden" in zero and "something else" in zero
+    assert (zero.count("note: no Transformer Engine / apex here") == 1 and "2 warnings hidden" in zero
+            and "something else" in zero)
     assert "Falling back" not in zero.split("note:")[0] and one == ""

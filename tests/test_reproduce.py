@@ -16,16 +16,19 @@ from pipeline import SeedRun, load_repro_config  # noqa: E402
 from results import RESULTS_BEGIN  # noqa: E402
 
 REDUCED = [
-    "task.items=2", "task.max_value=10", "sft_examples=64", "sft.steps=60", "sft.global_batch_size=32", "sft.micro_batch_size=32",
-    "sft.warmup_steps=5", "sample_prompts=40", "temperature=1.0", "held_out_prompts=16", "preference.steps=2",
-    "preference.global_batch_size=4", "preference.micro_batch_size=2", "preference.warmup_steps=0", "batch_size=32",
+    "task.items=2", "task.max_value=10", "sft_examples=64", "sft.steps=60", "sft.global_batch_size=32",
+    "sft.micro_batch_size=32", "sft.warmup_steps=5", "sample_prompts=40", "temperature=1.0", "held_out_prompts=16",
+    "preference.steps=2", "preference.global_batch_size=4", "preference.micro_batch_size=2",
+    "preference.warmup_steps=0", "batch_size=32",
 ]
 STAGES = ["sft", "pairs", "dtrpo", "vrpo", "exact_trajectory", "mean_field"]
 
 
 def _run(out, report):
-    cmd = [sys.executable, "examples/reproduce_small/run.py", "--seeds", "0", "1", "--jobs", "2", "--out", str(out), "--report", str(report), *REDUCED]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    cmd = [sys.executable, "examples/reproduce_small/run.py", "--seeds", "0", "1", "--jobs", "2", "--out", str(out),
+           "--report", str(report), *REDUCED]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
@@ -43,7 +46,8 @@ def test_reproduction_runs_end_to_end_and_resumes(tmp_path):
         assert all(0.0 <= m["accuracy"] <= 1.0 and m["train_seconds"] > 0 for m in methods.values())
         pairs = [json.loads(line) for line in (out / f"seed{seed}" / "pairs.jsonl").read_text().splitlines()]
         assert len(pairs) == result["pairs"]["pairs"] >= 4
-        for p in pairs:  # chosen verified correct, rejected incorrect, a reveal step per token, end-of-turn and decoded tail
+        # chosen verified correct, rejected incorrect, a reveal step per token, end-of-turn and decoded tail
+        for p in pairs:
             assert ListTask().answer(p["prompt"]) == p["chosen"] != p["rejected"]
             for role in ("chosen", "rejected"):
                 assert len(p[f"{role}_steps"]) == len(p[role].split()) + 1 + len(p[f"{role}_tail"])
@@ -63,5 +67,6 @@ def test_reproduction_runs_end_to_end_and_resumes(tmp_path):
 def test_kept_stages_are_reused_only_by_their_config(tmp_path):
     SeedRun(load_repro_config(None, ["held_out_prompts=8"]), 0, tmp_path)
     SeedRun(load_repro_config(None, ["held_out_prompts=8"]), 0, tmp_path)
-    with pytest.raises(ValueError, match=r"seed0 holds stages made with another config \(beta, held_out_prompts differ\)"):
+    with pytest.raises(ValueError,
+                       match=r"seed0 holds stages made with another config \(beta, held_out_prompts differ\)"):
         SeedRun(load_repro_config(None, ["held_out_prompts=9", "beta=0.2"]), 0, tmp_path)

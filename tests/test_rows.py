@@ -28,15 +28,17 @@ def test_first_fit_decreasing_packs_every_item_once_within_capacity():
 def _pairs(cfg, lengths, seed=0):
     rng = np.random.default_rng(seed)
     vocab = cfg.vocab_size - 1
-    return [PreferencePair(i, rng.integers(0, vocab, p), rng.integers(0, vocab, c), rng.integers(0, vocab, r), None, None)
+    return [PreferencePair(i, rng.integers(0, vocab, p), rng.integers(0, vocab, c), rng.integers(0, vocab, r), None,
+                           None)
             for i, (p, c, r) in enumerate(lengths)]
 
 
 LENGTHS = [(5, 13, 9), (3, 30, 7), (11, 6, 21), (7, 17, 17), (2, 5, 40)]
 
 
-@pytest.mark.parametrize("objective,mode", [("dtrpo", "inference_aligned"), ("dtrpo", "random_mask"), ("vrpo", "random_mask"),
-                                            ("exact_trajectory", "inference_aligned"), ("mean_field", "inference_aligned"), ("sft", "random_mask")])
+@pytest.mark.parametrize("objective,mode", [("dtrpo", "inference_aligned"), ("dtrpo", "random_mask"),
+                                            ("vrpo", "random_mask"), ("exact_trajectory", "inference_aligned"),
+                                            ("mean_field", "inference_aligned"), ("sft", "random_mask")])
 def test_packed_rows_give_the_same_sums_and_gradients_as_unpacked(world_of_one, objective, mode):
     cfg = model_config("fast_dllm_v2", num_layers=2)
     torch.manual_seed(0)
@@ -46,9 +48,11 @@ def test_packed_rows_give_the_same_sums_and_gradients_as_unpacked(world_of_one, 
     unpacked = builder.micro_batch(pairs, epoch=1)
     budget = 2 * max(sum(len(s) for s in builder.pair_samples(p, epoch=1)) for p in pairs)
     packed = builder.packed_micro_batches(pairs, epoch=1, row_tokens=budget)
-    assert 1 < len(packed) < len(pairs) and all(mb.tokens.shape[0] == 1 and mb.tokens.shape[1] <= budget for mb in packed)
+    assert 1 < len(packed) < len(pairs) and all(mb.tokens.shape[0] == 1 and mb.tokens.shape[1] <= budget
+                                                for mb in packed)
     assert sum(mb.num_samples() for mb in packed) == unpacked.num_samples()
-    assert sum(mb.padding_tokens() for mb in packed) / sum(mb.tokens.numel() for mb in packed) < unpacked.padding_tokens() / unpacked.tokens.numel()
+    assert (sum(mb.padding_tokens() for mb in packed) / sum(mb.tokens.numel() for mb in packed)
+            < unpacked.padding_tokens() / unpacked.tokens.numel())
 
     coefficients = torch.randn(len(pairs), 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
@@ -106,6 +110,8 @@ def test_a_budget_below_the_longest_pair_is_refused_before_training(world_of_one
     for extra in ([], ["objective.name=vrpo", "objective.vrpo_samples=4"]):  # VRPO: n rows per sequence
         run = setup_run(_config(counting_data, *extra))
         need = max(sum(len(s) for s in run.rows.pair_samples(run.dataset[i], epoch=0)) for i in range(len(run.dataset)))
-        with pytest.raises(ValueError, match=rf"train.micro_batch_tokens={need - 1} is smaller than pair \d+ .* whose rows take {need} tokens"):
+        with pytest.raises(ValueError,
+                           match=rf"train.micro_batch_tokens={need - 1} is smaller than pair \d+ .* whose rows take "
+                                 rf"{need} tokens"):
             setup_run(_config(counting_data, "data.packing=true", f"train.micro_batch_tokens={need - 1}", *extra))
         setup_run(_config(counting_data, "data.packing=true", f"train.micro_batch_tokens={need}", *extra))

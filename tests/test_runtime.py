@@ -6,7 +6,8 @@ from dtrpo_mega.parallel.runtime import env_from_slurm
 
 
 def test_srun_task_becomes_a_torch_distributed_rank():
-    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456", "MASTER_ADDR": "node01"}
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456",
+           "MASTER_ADDR": "node01"}
     assert env_from_slurm(env) == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_PORT": str(29500 + 3456)}
 
 

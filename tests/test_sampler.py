@@ -95,14 +95,16 @@ def test_threshold_one_reveals_one_token_per_step_by_confidence(world_of_one, fa
         conf, argmax = _confidence(_absolute(layout, logits), cfg)
         sub = (pos - o) // cfg.sub_block_size
         block_stop = o + ((pos - o) // cfg.block_size + 1) * cfg.block_size
-        masked = [q for q in range(p, min(block_stop, p + len(steps))) if steps[q - p] >= s and (q - o) // cfg.sub_block_size == sub]
+        masked = [q for q in range(p, min(block_stop, p + len(steps)))
+                  if steps[q - p] >= s and (q - o) // cfg.sub_block_size == sub]
         best = max(masked, key=lambda q: float(conf[q - shift]))
         assert best == pos, f"step {s}: revealed {pos}, most confident masked position is {best}"
         assert gen.tokens[pos - p] == int(argmax[pos - shift])
 
 
-@pytest.mark.parametrize("family,decode", [("fast_dllm_v2", dict(threshold=1.0)), ("fast_dllm_v2", dict(tokens_per_step=3)),
-                                           ("sdar", dict(tokens_per_step=2)), ("llada", dict(tokens_per_step=3))])
+@pytest.mark.parametrize("family,decode", [("fast_dllm_v2", dict(threshold=1.0)),
+                                           ("fast_dllm_v2", dict(tokens_per_step=3)), ("sdar", dict(tokens_per_step=2)),
+                                           ("llada", dict(tokens_per_step=3))])
 def test_reveals_stay_in_the_current_block_and_sub_block(world_of_one, family, decode):
     prompt = _prompt(5, 4)
     cfg, (gen,), _, calls = _run(family, [prompt], max_new_tokens=19, **decode)
@@ -130,7 +132,8 @@ def test_stops_at_end_of_turn(world_of_one, family):
     for prompt, gen in zip(prompts, gens):
         # the answer is cut at end-of-turn; the rest of its block was decoded too and is kept as the tail
         end = len(prompt) + len(gen.tokens) + len(gen.tail)
-        assert gen.ended and gen.tokens == [EOT] and set(gen.tail) <= {EOT} and (end - cfg.diffusion.origin(len(prompt))) % cfg.block_size == 0
+        assert (gen.ended and gen.tokens == [EOT] and set(gen.tail) <= {EOT}
+                and (end - cfg.diffusion.origin(len(prompt))) % cfg.block_size == 0)
         assert len(gen.reveal_steps) == 1 + len(gen.tail)
     assert stats.new_tokens == len(prompts)  # tails are not counted
     assert len(calls) <= 2 * cfg.block_size // cfg.sub_block_size + 1  # one block's worth, not 40 tokens'
@@ -138,13 +141,16 @@ def test_stops_at_end_of_turn(world_of_one, family):
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
 def test_full_attention_decoders_decode_every_slot_unless_told_to_stop(world_of_one, family):
-    """LLaDA's and Dream's own decoders run to max_new_tokens: the slots after end-of-turn are part of the trajectory."""
+    """LLaDA's and Dream's own decoders run to max_new_tokens: the slots after end-of-turn are part of the
+    trajectory."""
     prompt = _prompt(5, 5)
-    cfg, (gen,), _, calls = _run(family, [prompt], boost=EOT, max_new_tokens=24, end_of_turn_id=EOT, stop_at_end_of_turn=False)
+    cfg, (gen,), _, calls = _run(family, [prompt], boost=EOT, max_new_tokens=24, end_of_turn_id=EOT,
+                                 stop_at_end_of_turn=False)
     assert gen.ended and gen.tokens == [EOT] and len(gen.tail) == 23 and sorted(gen.reveal_steps)[-1] == len(calls) - 1
 
 
-@pytest.mark.parametrize("family,decode", [("fast_dllm_v2", dict(threshold=0.5)), ("fast_dllm_v2", dict(tokens_per_step=1)),
+@pytest.mark.parametrize("family,decode", [("fast_dllm_v2", dict(threshold=0.5)),
+                                           ("fast_dllm_v2", dict(tokens_per_step=1)),
                                            ("sdar", dict(tokens_per_step=2))])
 def test_kv_cache_gives_the_uncached_logits_and_tokens(world_of_one, family, decode):
     """Cached calls forward only the span after the cache; every logit they give equals the one of
@@ -155,10 +161,12 @@ def test_kv_cache_gives_the_uncached_logits_and_tokens(world_of_one, family, dec
     runs = {}
     for kv_cache in (True, False):
         recorder = Recorder(model)
-        sampler = Sampler(recorder, model.dllm_config.diffusion, model.dllm_config.vocab_size, DecodeConfig(max_new_tokens=21, kv_cache=kv_cache, **decode))
+        sampler = Sampler(recorder, model.dllm_config.diffusion, model.dllm_config.vocab_size,
+                          DecodeConfig(max_new_tokens=21, kv_cache=kv_cache, **decode))
         runs[kv_cache] = sampler.generate(prompts)[0], recorder.calls
     (cached, cached_calls), (full, full_calls) = runs[True], runs[False]
-    assert [g.tokens for g in cached] == [g.tokens for g in full] and [g.reveal_steps for g in cached] == [g.reveal_steps for g in full]
+    assert ([g.tokens for g in cached] == [g.tokens for g in full]
+            and [g.reveal_steps for g in cached] == [g.reveal_steps for g in full])
     assert len(cached_calls) == len(full_calls)
     spans = 0
     for (_, layout, logits), (_, full_layout, full_logits) in zip(cached_calls, full_calls):
@@ -214,9 +222,9 @@ def test_generate_tool_records_logged_steps(world_of_one, tmp_path, capsys):
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     out = tmp_path / "traj.jsonl"
-    rc = tool.main(["--ckpt", str(tmp_path / "iter_0000001"), "--tokenizer", str(tokenizer), "--prompt", "count up from 5 :",
-                    "--prompt", "count up from 17 :", "--max-new-tokens", "10", "--tokens-per-step", "2",
-                    "--record-trajectory", str(out)])
+    rc = tool.main(["--ckpt", str(tmp_path / "iter_0000001"), "--tokenizer", str(tokenizer), "--prompt",
+                    "count up from 5 :", "--prompt", "count up from 17 :", "--max-new-tokens", "10",
+                    "--tokens-per-step", "2", "--record-trajectory", str(out)])
     assert rc == 0 and "tokens/forward" in capsys.readouterr().out
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 2 and records[0]["prompt"] == "count up from 5 :"

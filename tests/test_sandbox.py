@@ -83,13 +83,14 @@ def token():
 
 
 def _fork_exec(token: str, fresh: bool, keep_output: bool) -> str:
-    """Task code starting `sleep token` in a new session through _posixsubprocess.fork_exec (3.11 signature), which raises
-    no audit event. fresh: through a newly loaded copy of the module; keep_output: the child keeps the task's stdout/stderr."""
+    """Task code starting `sleep token` in a new session through _posixsubprocess.fork_exec (3.11 signature),
+    which raises no audit event. fresh: through a newly loaded copy of the module; keep_output: the child keeps
+    the task's stdout/stderr."""
     module = "importlib.util.module_from_spec(_posixsubprocess.__spec__)" if fresh else "_posixsubprocess"
     out = "-1" if keep_output else "os.pipe()[1]"
     return (f"import importlib.util, os, _posixsubprocess\nmodule = {module}\nout = {out}\nr, w = os.pipe()\n"
-            f"module.fork_exec([b'/bin/sleep', b'{token}'], [b'/bin/sleep'], True, (), None, None, -1, -1, -1, out, -1, out, r, w,"
-            " True, True, -1, -1, None, -1, -1, None, False)\n")
+            f"module.fork_exec([b'/bin/sleep', b'{token}'], [b'/bin/sleep'], True, (), None, None, -1, -1, -1, out, "
+            "-1, out, r, w, True, True, -1, -1, None, -1, -1, None, False)\n")
 
 
 def test_executor_kills_an_infinite_loop_in_time():
@@ -140,10 +141,11 @@ def test_sandbox_own_uid_stops_writers_the_hook_cannot_see(tmp_path, mode):
 
 def test_executor_may_write_inside_its_folder(mode):
     code = ("import os, shutil, subprocess, tempfile\nopen('a.txt', 'w').write('x')\nos.rename('a.txt', 'b.txt')\n"
-            "tempfile.NamedTemporaryFile(delete=False).write(b'y')\nos.makedirs('d/e')\nopen('d/e/f', 'w').close()\nshutil.rmtree('d')\n"
-            "with tempfile.TemporaryDirectory() as t:\n    open(os.path.join(t, 'g'), 'w').close()\n"
-            "fd = os.open('.', os.O_RDONLY)\nos.close(os.open('h', os.O_WRONLY | os.O_CREAT, dir_fd=fd))\nos.unlink('h', dir_fd=fd)\n"
-            "print(open('b.txt').read())")
+            "tempfile.NamedTemporaryFile(delete=False).write(b'y')\nos.makedirs('d/e')\nopen('d/e/f', 'w').close()\n"
+            "shutil.rmtree('d')\nwith tempfile.TemporaryDirectory() as t:\n"
+            "    open(os.path.join(t, 'g'), 'w').close()\n"
+            "fd = os.open('.', os.O_RDONLY)\nos.close(os.open('h', os.O_WRONLY | os.O_CREAT, dir_fd=fd))\n"
+            "os.unlink('h', dir_fd=fd)\nprint(open('b.txt').read())")
     result = run_code(code)
     assert result.passed, result.stderr
     assert result.stdout == "x\n"
@@ -151,8 +153,10 @@ def test_executor_may_write_inside_its_folder(mode):
 
 @pytest.mark.parametrize("attempt", [
     "import os\nos.unlink('victim.txt', dir_fd=os.open({d!r}, os.O_RDONLY))",
-    "import os\nos.write(os.open('victim.txt', os.O_WRONLY | os.O_TRUNC, dir_fd=os.open({d!r}, os.O_RDONLY)), b'owned')",
-    "import os\nfd = os.open({d!r}, os.O_PATH | os.O_DIRECTORY)\nos.rename('victim.txt', 'moved.txt', src_dir_fd=fd, dst_dir_fd=fd)",
+    "import os\nos.write(os.open('victim.txt', os.O_WRONLY | os.O_TRUNC, dir_fd=os.open({d!r}, os.O_RDONLY)), "
+    "b'owned')",
+    "import os\nfd = os.open({d!r}, os.O_PATH | os.O_DIRECTORY)\n"
+    "os.rename('victim.txt', 'moved.txt', src_dir_fd=fd, dst_dir_fd=fd)",
     "import os\nos.mkdir('made', dir_fd=os.open({d!r}, os.O_RDONLY))",
     "import os\nos.symlink('x', 'link', dir_fd=os.open({d!r}, os.O_RDONLY))",
     "import os\nfor _, _, files, fd in os.fwalk({d!r}):\n    os.unlink(files[0], dir_fd=fd)",
@@ -200,14 +204,16 @@ def test_sandbox_fork_exec_is_refused(mode, token):
 
 def test_sandbox_children_do_not_outlive_it(mode, token):
     if not {"uid", "pidns"} & set(mode):
-        pytest.skip("a freshly loaded _posixsubprocess gets past the audit hook; only an own uid or pid namespace ends its children")
+        pytest.skip("a freshly loaded _posixsubprocess gets past the audit hook; only an own uid or pid namespace ends "
+                    "its children")
     run_code(_fork_exec(token, fresh=True, keep_output=False))
     assert _gone(token)
 
 
 def test_sandbox_returns_in_time_when_a_child_keeps_its_output_open(mode, token):
     results = []
-    thread = threading.Thread(target=lambda: results.append(run_code(_fork_exec(token, fresh=True, keep_output=True), Limits(wall_seconds=2))), daemon=True)
+    thread = threading.Thread(target=lambda: results.append(run_code(_fork_exec(token, fresh=True, keep_output=True),
+                                                                     Limits(wall_seconds=2))), daemon=True)
     start = time.monotonic()
     thread.start()
     thread.join(timeout=8)
@@ -217,7 +223,8 @@ def test_sandbox_returns_in_time_when_a_child_keeps_its_output_open(mode, token)
 def test_sandbox_has_no_network_where_namespaces_work():
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.setblocking(False)
-        result = run_code(f"import socket\nsocket.create_connection(('127.0.0.1', {server.getsockname()[1]}), timeout=2).sendall(b'x')")
+        result = run_code(f"import socket\nsocket.create_connection(('127.0.0.1', {server.getsockname()[1]}), "
+                          "timeout=2).sendall(b'x')")
         if "netns" not in result.isolation:
             pytest.skip("no network namespace on this machine")
         assert not result.passed

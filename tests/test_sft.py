@@ -19,15 +19,18 @@ def sorting_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("sorting")
     tokenizer = write_tokenizer(root / "tokenizer.json")
     prompts = ListTask(items=4).problems(24, seed=0)
-    build_preference_dataset(write_completions(root / "sft.jsonl", ListTask(items=4), prompts), tokenizer, "fast_dllm_v2", root / "sft", max_length=64)
+    build_preference_dataset(write_completions(root / "sft.jsonl", ListTask(items=4), prompts), tokenizer,
+                             "fast_dllm_v2", root / "sft", max_length=64)
     pairs = root / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt": p, "chosen": ListTask().answer(p), "rejected": "1 2 3"}) + "\n" for p in prompts))
+    pairs.write_text("".join(json.dumps({"prompt": p, "chosen": ListTask().answer(p), "rejected": "1 2 3"}) + "\n"
+                             for p in prompts))
     build_preference_dataset(pairs, tokenizer, "fast_dllm_v2", root / "pairs", max_length=64)
     return str(root / "sft"), str(root / "pairs")
 
 
 def _config(data, *overrides):
-    return load_config(None, [f"data.path={data}", "model.overrides={num_layers: 2}", "objective.name=sft", "scheduler.mode=random_mask", *overrides])
+    return load_config(None, [f"data.path={data}", "model.overrides={num_layers: 2}", "objective.name=sft",
+                              "scheduler.mode=random_mask", *overrides])
 
 
 @pytest.mark.parametrize("convention", ["fast_dllm_v2", "sdar", "llada", "dream"])
@@ -40,12 +43,14 @@ def test_sft_rows_follow_the_family_convention(world_of_one, sorting_data, conve
         run = setup_run(_config(data, f"objective.sft_convention={convention}"))
         mb = run.rows.micro_batch([run.dataset[i] for i in range(6)], epoch=0)
         complementary = convention == "fast_dllm_v2"
-        assert mb.tokens.shape[0] == 6 * (2 if complementary else 1) and all(role == 0 for _, role, _, _ in mb.samples())
+        assert (mb.tokens.shape[0] == 6 * (2 if complementary else 1)
+                and all(role == 0 for _, role, _, _ in mb.samples()))
         assert torch.equal(mb.response_lengths[:, 1], torch.zeros(6, dtype=torch.float64))
         scored = mb.weights[mb.weights > 0]
         if complementary:
             assert bool((scored == 1).all())
-            assert torch.equal(mb.sequence_sums(torch.ones_like(mb.weights))[:, 0], mb.response_lengths[:, 0])  # each token once
+            # each token once
+            assert torch.equal(mb.sequence_sums(torch.ones_like(mb.weights))[:, 0], mb.response_lengths[:, 0])
         else:
             assert scored.numel() and bool((scored >= 1).all())  # 1/t with t in (0, 1]
             for slot, _, row, mask in mb.samples():  # one t for the whole response
@@ -61,7 +66,8 @@ def test_fast_dllm_v2_sft_reads_a_blocks_first_token_from_the_noisy_copy(world_o
         pair = run.dataset[0]
         samples = run.rows.pair_samples(pair, epoch=0)
         k, p = run.model_config.block_size, len(pair.prompt)
-        first = next(q for q in range(p + 1, p + len(pair.chosen)) if q % k == 0)  # a block's first token, after the first block
+        # a block's first token, after the first block
+        first = next(q for q in range(p + 1, p + len(pair.chosen)) if q % k == 0)
         found = []
         for s in samples[: 2 if objective == "sft" else 1]:
             n_noisy = int(s.sample.noisy.sum())
@@ -72,7 +78,8 @@ def test_fast_dllm_v2_sft_reads_a_blocks_first_token_from_the_noisy_copy(world_o
 
 
 def test_masked_diffusion_loss_is_the_per_token_elbo():
-    logps = torch.log(torch.tensor([[0.5, 0.25, 0.9, 0.1], [0.2, 0.4, 0.8, 0.6], [0.3, 0.3, 0.3, 0.3]], dtype=torch.float64))
+    logps = torch.log(torch.tensor([[0.5, 0.25, 0.9, 0.1], [0.2, 0.4, 0.8, 0.6], [0.3, 0.3, 0.3, 0.3]],
+                                   dtype=torch.float64))
     weights = torch.tensor([[2.0, 2.0, 0, 0], [0, 0, 4.0, 0], [1.25, 0, 0, 1.25]], dtype=torch.float64)
     lengths = torch.tensor([[4.0, 0.0], [5.0, 0.0]], dtype=torch.float64)
     # rows 0 and 1: the first example's response; row 2: the second's
@@ -109,10 +116,12 @@ def test_sft_trains_through_the_loop(world_of_one, sorting_data, tmp_path):
     from dtrpo_mega.training.loop import train
 
     steps = 6
-    history = train(_config(sorting_data[0], f"train.train_steps={steps}", "train.global_batch_size=8", "train.micro_batch_size=4",
-                            "optimizer.lr=3e-3", f"checkpoint.dir={tmp_path}/ckpt", f"logging.dir={tmp_path}", "logging.progress_bar=false"))
+    history = train(_config(sorting_data[0], f"train.train_steps={steps}", "train.global_batch_size=8",
+                            "train.micro_batch_size=4", "optimizer.lr=3e-3", f"checkpoint.dir={tmp_path}/ckpt",
+                            f"logging.dir={tmp_path}", "logging.progress_bar=false"))
     assert [h["step"] for h in history] == list(range(1, steps + 1))
-    assert all("rewards/chosen" not in h and h["rows_per_pair"] == 2.0 for h in history)  # Fast-dLLM v2: complementary masks
+    # Fast-dLLM v2: complementary masks
+    assert all("rewards/chosen" not in h and h["rows_per_pair"] == 2.0 for h in history)
     assert history[-1]["loss"] < history[0]["loss"]
     assert read_model_config(tmp_path / "ckpt" / f"iter_{steps:07d}" / "model").family == "fast_dllm_v2"
     assert (tmp_path / "rewards.png").is_file()

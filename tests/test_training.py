@@ -31,7 +31,8 @@ def test_remasking_is_a_pure_function_of_the_sample(world_of_one, counting_data)
     other_epoch = run.rows.micro_batch([ds[5]], epoch=2)
 
     def rows_of(mb, pair):
-        return [(mb.tokens[r][m], mb.layout.positions[r][m], mb.labels[r][m], mb.weights[r][m]) for slot, _, r, m in mb.samples() if slot == pair]
+        return [(mb.tokens[r][m], mb.layout.positions[r][m], mb.labels[r][m], mb.weights[r][m])
+                for slot, _, r, m in mb.samples() if slot == pair]
 
     def same(a, b):
         return len(a) == len(b) and all(all(torch.equal(x, y) for x, y in zip(ra, rb)) for ra, rb in zip(a, b))
@@ -62,7 +63,8 @@ def test_policy_and_reference_receive_identical_inputs(world_of_one, counting_da
     def recorder(name):
         def hook(module, args, kwargs):
             input_ids, layout = args[0], args[1]
-            seen[name].append((input_ids.clone(), layout.positions.clone(), layout.noisy.clone(), layout.segments.clone(), layout.allowed().clone(), kwargs["labels"].clone()))
+            seen[name].append((input_ids.clone(), layout.positions.clone(), layout.noisy.clone(),
+                               layout.segments.clone(), layout.allowed().clone(), kwargs["labels"].clone()))
         return hook
 
     policy.register_forward_pre_hook(recorder("policy"), with_kwargs=True)
@@ -80,11 +82,12 @@ def test_policy_and_reference_receive_identical_inputs(world_of_one, counting_da
 @pytest.mark.parametrize("family", ["fast_dllm_v2", "sdar"])
 def test_one_step_is_invariant_to_tp_pp_dp_and_micro_batches(tmp_path, counting_datasets, family):
     output = run_torchrun("train_invariance.py", 4, counting_datasets(family), str(tmp_path), family)
-    for layout in ("TP=1 PP=1 CP=1 micro_batch=1 DP=4", "TP=2 PP=1 CP=1 micro_batch=2 DP=2", "TP=1 PP=2 CP=1 micro_batch=4 DP=2",
-                   "TP=2 PP=2 CP=1 micro_batch=1 DP=1", "TP=2 PP=2 CP=1 micro_batch=8 DP=1", "TP=1 PP=1 CP=1 packed DP=4",
-                   "TP=2 PP=2 CP=1 packed DP=1", "TP=1 PP=1 CP=2 micro_batch=2 DP=2", "TP=2 PP=1 CP=2 micro_batch=1 DP=1",
-                   "TP=1 PP=2 CP=2 micro_batch=4 DP=1", "TP=1 PP=1 CP=4 micro_batch=8 DP=1", "TP=1 PP=1 CP=2 packed DP=2",
-                   "TP=2 PP=1 CP=2 packed DP=1"):
+    for layout in ("TP=1 PP=1 CP=1 micro_batch=1 DP=4", "TP=2 PP=1 CP=1 micro_batch=2 DP=2",
+                   "TP=1 PP=2 CP=1 micro_batch=4 DP=2", "TP=2 PP=2 CP=1 micro_batch=1 DP=1",
+                   "TP=2 PP=2 CP=1 micro_batch=8 DP=1", "TP=1 PP=1 CP=1 packed DP=4", "TP=2 PP=2 CP=1 packed DP=1",
+                   "TP=1 PP=1 CP=2 micro_batch=2 DP=2", "TP=2 PP=1 CP=2 micro_batch=1 DP=1",
+                   "TP=1 PP=2 CP=2 micro_batch=4 DP=1", "TP=1 PP=1 CP=4 micro_batch=8 DP=1",
+                   "TP=1 PP=1 CP=2 packed DP=2", "TP=2 PP=1 CP=2 packed DP=1"):
         assert f"INVARIANT OK {layout}" in output, output[-3000:]
 
 
@@ -116,7 +119,8 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, counting_data):
         assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-7), (step, a, b)
 
     # A different layout resumes the weights (resharded) and says the optimizer state is reset.
-    moved = _train(2, *_train_overrides(counting_data, split, "train.train_steps=7", "parallel.pipeline_model_parallel_size=1"))
+    moved = _train(2, *_train_overrides(counting_data, split, "train.train_steps=7",
+                                        "parallel.pipeline_model_parallel_size=1"))
     assert "weights resharded, optimizer state reset" in moved
     assert 7 in _losses(split)
 
@@ -145,7 +149,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, counting_data):
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 240
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else "no progress"
+        assert proc.poll() is None and time.time() < deadline, (proc.stdout.read() if proc.poll() is not None
+                                                                else "no progress")
         time.sleep(0.5)
     for worker in psutil.Process(proc.pid).children():  # as Slurm does: every task gets SIGTERM
         worker.send_signal(signal.SIGTERM)
@@ -162,8 +167,9 @@ def test_wandb_logs_offline_without_an_api_key(world_of_one, counting_data, tmp_
     from dtrpo_mega.training.loop import train
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    history = train(_config(counting_data, "train.global_batch_size=4", "train.train_steps=2", f"logging.dir={tmp_path}",
-                            "logging.wandb_project=dtrpo-test", "logging.progress_bar=false"))
+    history = train(_config(counting_data, "train.global_batch_size=4", "train.train_steps=2",
+                            f"logging.dir={tmp_path}", "logging.wandb_project=dtrpo-test",
+                            "logging.progress_bar=false"))
     assert [r["step"] for r in history] == [1, 2]
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb")), "an offline wandb run with its data file"

@@ -54,7 +54,8 @@ def test_remasking_never_touches_the_prompt_and_scores_one_step_per_block():
     steps = inference_aligned_steps(5, 20, 4, 4, 1, False, np.random.default_rng(1))
     row = remask_at_steps(tokens, steps, 5, 4, MASK, SchedulerConfig(), [0, 2, 1, 3])
     assert (row.noisy[:5] == tokens[:5]).all() and (row.weights[:5] == 0).all()
-    for block, s, n_steps in zip(([5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [16, 17, 18, 19]), [0, 2, 1, 3], [3, 4, 4, 4]):
+    for block, s, n_steps in zip(([5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [16, 17, 18, 19]), [0, 2, 1, 3],
+                                 [3, 4, 4, 4]):
         b = np.array(block)
         assert ((row.noisy[b] == MASK) == (steps[b] >= s)).all()
         assert (row.weights[b][steps[b] == s] == n_steps).all() and (row.weights[b][steps[b] != s] == 0).all()
@@ -101,9 +102,11 @@ def test_shifted_logits_read_the_previous_position():
     assert logit_index(9, 20, 5, _spec(False)) == 9
     assert logit_index(9, 20, 5, _spec(True)) == 8  # inside the block: noisy copy of position 8
     assert logit_index(16, 20, 5, _spec(True)) == 20 + 15  # a block's first token: clean copy of 15 (the decoder)
-    assert logit_index(16, 20, 5, _spec(True), FirstTokenRule.NOISY) == 15  # Fast-dLLM v2's training loss: noisy copy of 15
+    # Fast-dLLM v2's training loss: noisy copy of 15
+    assert logit_index(16, 20, 5, _spec(True), FirstTokenRule.NOISY) == 15
     # prompt 8: the first response block starts at 8 and its noisy half there; the previous block is all prompt
-    assert logit_index(8, 20, 8, _spec(True), FirstTokenRule.NOISY) == 12 + 7  # no noisy copy of 7: its clean copy (same logit)
+    # no noisy copy of 7: its clean copy (same logit)
+    assert logit_index(8, 20, 8, _spec(True), FirstTokenRule.NOISY) == 12 + 7
 
 
 def test_prompt_end_blocks_start_after_the_prompt():

@@ -43,7 +43,8 @@ def row_layout(s: int, prompt: int, block: int):
         raise ValueError(f"--prompt {prompt} and row length {s}: s + prompt must be even and s > prompt")
     n = (s + start) // 2
     tokens = torch.zeros(n, dtype=torch.long)
-    _, layout = collate([block_diffusion_sample(tokens, tokens, prompt, block)], MaskVariant.BLOCK_DIFFUSION, block, pad_id=0)
+    _, layout = collate([block_diffusion_sample(tokens, tokens, prompt, block)], MaskVariant.BLOCK_DIFFUSION, block,
+                        pad_id=0)
     return layout
 
 
@@ -95,15 +96,17 @@ def main(argv=None) -> list[dict]:
         rows.append(cost(s, counts))
     print_table(rows, args.prompt, args.block)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"prompt": args.prompt, "block": args.block, "tile": TILE, "heads": HEADS, "groups": GROUPS, "head_dim": HEAD_DIM, "rows": rows}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"prompt": args.prompt, "block": args.block, "tile": TILE, "heads": HEADS,
+                                    "groups": GROUPS, "head_dim": HEAD_DIM, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
     return rows
 
 
 def print_table(rows: list[dict], prompt: int, block: int) -> None:
-    print(f"one attention layer, one row, prompt {prompt}, block {block}, tiles {TILE}x{TILE}; TFLOP and GB (1e9 bytes)")
-    print("| s | allowed pairs | non-empty tiles (partial) | fwd TFLOP TE / flex / useful | bwd TFLOP TE / flex / useful "
-          "| fwd GB TE / flex | bwd GB TE / flex | TE bias + dBias GB |")
+    print(f"one attention layer, one row, prompt {prompt}, block {block}, tiles {TILE}x{TILE}; "
+          "TFLOP and GB (1e9 bytes)")
+    print("| s | allowed pairs | non-empty tiles (partial) | fwd TFLOP TE / flex / useful "
+          "| bwd TFLOP TE / flex / useful | fwd GB TE / flex | bwd GB TE / flex | TE bias + dBias GB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         te, fx, u = r["te"], r["flex"], r["useful"]
@@ -111,8 +114,8 @@ def print_table(rows: list[dict], prompt: int, block: int) -> None:
             f"| {r['s']} | {r['density']:.1%} | {r['tiles_nonempty'] / r['tiles']:.1%} ({r['tiles_partial']}) "
             f"| {te['fwd_flops'] / 1e12:.3f} / {fx['fwd_flops'] / 1e12:.3f} / {u['fwd_flops'] / 1e12:.3f} "
             f"| {te['bwd_flops'] / 1e12:.3f} / {fx['bwd_flops'] / 1e12:.3f} / {u['bwd_flops'] / 1e12:.3f} "
-            f"| {te['fwd_bytes'] / 1e9:.2f} / {fx['fwd_bytes'] / 1e9:.2f} | {te['bwd_bytes'] / 1e9:.2f} / {fx['bwd_bytes'] / 1e9:.2f} "
-            f"| {r['mask_bytes']['te_bias_and_dbias'] / 1e9:.2f} |"
+            f"| {te['fwd_bytes'] / 1e9:.2f} / {fx['fwd_bytes'] / 1e9:.2f} | {te['bwd_bytes'] / 1e9:.2f} / "
+            f"{fx['bwd_bytes'] / 1e9:.2f} | {r['mask_bytes']['te_bias_and_dbias'] / 1e9:.2f} |"
         )
 
 

@@ -34,7 +34,8 @@ def backbone_config(args: argparse.Namespace) -> DLLMConfig:
 
 def host(*extra: str) -> str:
     """The processor, core count (and `extra`, e.g. the device) and torch version, for result tables."""
-    return ", ".join([platform.processor() or platform.machine(), f"{os.cpu_count()} cores", *extra, f"torch {torch.__version__}"])
+    return ", ".join([platform.processor() or platform.machine(), f"{os.cpu_count()} cores", *extra,
+                      f"torch {torch.__version__}"])
 
 
 def write_results(path: str, payload: dict) -> None:

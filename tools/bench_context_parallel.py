@@ -47,14 +47,17 @@ def worker(args) -> None:
     model = build_model(cfg, pg_collection=runtime.pg_collection)
     rng = np.random.default_rng(0)
     vocab = cfg.vocab_size - 1
-    pair = PreferencePair(0, rng.integers(0, vocab, args.prompt), rng.integers(0, vocab, args.response), rng.integers(0, vocab, args.response), None, None)
-    whole = RowBuilder(cfg, SchedulerConfig(), Objective.DTRPO, seed=0, pad_to_multiple=2 * cp * 8).micro_batch([pair], 0)
+    pair = PreferencePair(0, rng.integers(0, vocab, args.prompt), rng.integers(0, vocab, args.response),
+                          rng.integers(0, vocab, args.response), None, None)
+    whole = RowBuilder(cfg, SchedulerConfig(), Objective.DTRPO, seed=0,
+                       pad_to_multiple=2 * cp * 8).micro_batch([pair], 0)
     rows = whole.context_shard(runtime.cp_rank, cp)
 
     def step(measure=None):
         model.zero_grad()
         with measure or SavedActivations(model) as saved:
-            loss = sequence_logps(rows, model(rows.tokens, rows.layout, labels=rows.labels), runtime.pg_collection.cp).sum()
+            loss = sequence_logps(rows, model(rows.tokens, rows.layout, labels=rows.labels),
+                                  runtime.pg_collection.cp).sum()
         loss.backward()
         return saved.bytes
 
@@ -64,13 +67,15 @@ def worker(args) -> None:
         start = time.perf_counter()
         saved = step()
         times.append(time.perf_counter() - start)
-    mine = {"rank": dist.get_rank(), "activations_mib": saved / 2**20, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    mine = {"rank": dist.get_rank(), "activations_mib": saved / 2**20,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "step_s": statistics.median(times), "local_tokens": rows.tokens.numel()}
     everyone = [None] * cp
     dist.all_gather_object(everyone, mine)
     if dist.get_rank() == 0:
         balance = pair_balance(whole.layout, cp).tolist() if cp > 1 else [1.0]
-        print(json.dumps({"cp": cp, "row_tokens": whole.tokens.shape[1], "rows": whole.tokens.shape[0], "balance": balance, "ranks": everyone}))
+        print(json.dumps({"cp": cp, "row_tokens": whole.tokens.shape[1], "rows": whole.tokens.shape[0],
+                          "balance": balance, "ranks": everyone}))
     dist.destroy_process_group()
 
 
@@ -91,19 +96,25 @@ def main() -> None:
 
     results = []
     for cp in args.cp:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={cp}", f"--master-port={free_port()}", __file__, *sys.argv[1:], "--worker"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={cp}", f"--master-port={free_port()}",
+               __file__, *sys.argv[1:], "--worker"]
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
         if proc.returncode:
             raise RuntimeError(f"CP={cp} failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     machine = host()
-    print(f"one pair, prompt {args.prompt}, responses {args.response}: 2 rows of {results[0]['row_tokens']} tokens; {machine}")
-    print(f"model: {args.family} hidden {args.hidden}, {args.layers} layers, block {args.block}; policy forward + backward, fp32, local attention\n")
-    print(f"{'CP':>3}{'tokens/rank':>12}{'activations MiB/rank':>22}{'peak RSS MiB/rank':>19}{'step s':>8}{'balance max/mean':>18}")
+    print(f"one pair, prompt {args.prompt}, responses {args.response}: 2 rows of {results[0]['row_tokens']} tokens; "
+          f"{machine}")
+    print(f"model: {args.family} hidden {args.hidden}, {args.layers} layers, block {args.block}; policy forward + "
+          "backward, fp32, local attention\n")
+    print(f"{'CP':>3}{'tokens/rank':>12}{'activations MiB/rank':>22}{'peak RSS MiB/rank':>19}{'step s':>8}"
+          f"{'balance max/mean':>18}")
     for r in results:
         worst = max(r["ranks"], key=lambda x: x["activations_mib"])
-        print(f"{r['cp']:>3}{worst['local_tokens']:>12}{worst['activations_mib']:>22.0f}{max(x['peak_rss_mib'] for x in r['ranks']):>19.0f}"
-              f"{max(x['step_s'] for x in r['ranks']):>8.2f}{max(r['balance']):>18.3f}")
+        print(f"{r['cp']:>3}{worst['local_tokens']:>12}{worst['activations_mib']:>22.0f}"
+              f"{max(x['peak_rss_mib'] for x in r['ranks']):>19.0f}{max(x['step_s'] for x in r['ranks']):>8.2f}"
+              f"{max(r['balance']):>18.3f}")
     write_results(args.out, {"args": vars(args), "machine": machine, "results": results})
 
 

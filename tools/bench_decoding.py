@@ -38,24 +38,28 @@ def main() -> None:
     cfg = backbone_config(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = build_model(cfg).eval()
-    prompts = torch.randint(0, args.vocab - 1, (args.batch, args.prompt), generator=torch.Generator().manual_seed(0)).tolist()
+    prompts = torch.randint(0, args.vocab - 1, (args.batch, args.prompt),
+                            generator=torch.Generator().manual_seed(0)).tolist()
     rows = []
     for new in args.new:
         tokens = {}
         for kv_cache in (False, True):
-            sampler = Sampler(model, cfg.diffusion, cfg.vocab_size, DecodeConfig(max_new_tokens=new, tokens_per_step=args.tokens_per_step, kv_cache=kv_cache), device)
+            sampler = Sampler(model, cfg.diffusion, cfg.vocab_size,
+                              DecodeConfig(max_new_tokens=new, tokens_per_step=args.tokens_per_step, kv_cache=kv_cache),
+                              device)
             sampler.generate(prompts[:1])  # warm-up
             start = time.perf_counter()
             generations, stats = sampler.generate(prompts)
             seconds = time.perf_counter() - start
             tokens[kv_cache] = [g.tokens for g in generations]
             rows.append({"new_tokens": new, "kv_cache": kv_cache, "tokens_per_s": stats.new_tokens / seconds,
-                         "model_calls": stats.batch_calls, "tokens_per_forward": stats.tokens_per_forward, "seconds": seconds})
+                         "model_calls": stats.batch_calls, "tokens_per_forward": stats.tokens_per_forward,
+                         "seconds": seconds})
         if tokens[True] != tokens[False]:
             raise SystemExit(f"new={new}: the cached decoder produced different tokens")
     machine = host(device)
-    print(f"{args.family} hidden {args.hidden}, {args.layers} layers, block {args.block}/{args.sub_block}, {args.tokens_per_step} tokens/step, "
-          f"prompt {args.prompt}, batch {args.batch} ({machine})\n")
+    print(f"{args.family} hidden {args.hidden}, {args.layers} layers, block {args.block}/{args.sub_block}, "
+          f"{args.tokens_per_step} tokens/step, prompt {args.prompt}, batch {args.batch} ({machine})\n")
     print(f"{'new tokens':>10}{'kv cache':>10}{'calls':>8}{'tokens/s':>12}{'speed-up':>10}")
     for r in rows:
         base = next(b for b in rows if b["new_tokens"] == r["new_tokens"] and not b["kv_cache"])

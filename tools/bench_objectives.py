@@ -48,7 +48,8 @@ def micro_batch(objective: str, args, model_cfg):
         labels[:, :-1] = tokens[:, 1:]
         return tokens, layout, labels
     name, _, n = objective.partition("_") if objective.startswith("vrpo") else (objective, "", "1")
-    builder = RowBuilder(model_cfg, SchedulerConfig(tokens_per_step=args.tokens_per_step), Objective(name), seed=0, vrpo_samples=int(n), pad_to_multiple=8)
+    builder = RowBuilder(model_cfg, SchedulerConfig(tokens_per_step=args.tokens_per_step), Objective(name), seed=0,
+                         vrpo_samples=int(n), pad_to_multiple=8)
     mb = builder.micro_batch(pairs, epoch=0)
     return mb.tokens, mb.layout, mb.labels
 
@@ -82,7 +83,8 @@ def run_one(objective: str, args) -> dict:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     real = layout.segments > 0
     return {
         "objective": objective, "response": args.response, "prompt": args.prompt,
@@ -103,7 +105,8 @@ def in_subprocess(objective: str, response: int, argv: list[str]) -> dict:
 
 def table(rows: list[dict]) -> str:
     base = next((r["ms_per_pair"] for r in rows if r["objective"] == "dpo_causal"), None)
-    lines = [f"{'objective':<18}{'response':>9}{'rows/pair':>10}{'tokens/pair':>12}{'ms/pair':>10}{'x DPO':>8}{'peak MiB':>10}"]
+    lines = [f"{'objective':<18}{'response':>9}{'rows/pair':>10}{'tokens/pair':>12}{'ms/pair':>10}{'x DPO':>8}"
+             f"{'peak MiB':>10}"]
     for r in rows:
         rel = f"{r['ms_per_pair'] / base:.2f}" if base else "-"
         lines.append(f"{r['objective']:<18}{r['response']:>9}{r['rows_per_pair']:>10.1f}{r['tokens_per_pair']:>12.0f}"
@@ -117,7 +120,8 @@ def main() -> None:
     parser.add_argument("--tokens-per-step", type=int, default=1)
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--response", type=int, default=128)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256, 512], help="response lengths for dtrpo's scaling")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256, 512],
+                        help="response lengths for dtrpo's scaling")
     parser.add_argument("--pairs", type=int, default=2, help="pairs per micro-batch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -135,7 +139,8 @@ def main() -> None:
     scaling = [in_subprocess("dtrpo", n, argv) for n in args.lengths]
     machine = host()
     print(f"per preference pair, reference forward + policy forward and backward ({machine})")
-    print(f"model: {args.family} hidden {args.hidden}, {args.layers} layers, block {args.block}/{args.sub_block}, prompt {args.prompt}\n")
+    print(f"model: {args.family} hidden {args.hidden}, {args.layers} layers, block {args.block}/{args.sub_block}, "
+          f"prompt {args.prompt}\n")
     print(table(rows))
     print("\ndtrpo against response length")
     print(table(scaling))

@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=64, help="pairs in the global batch")
     parser.add_argument("--scale", type=float, default=0.25, help="length scale against the preference-like medians")
     parser.add_argument("--micro-batch-size", type=int, default=4)
-    parser.add_argument("--row-tokens", type=int, default=0, help="packed row budget; 0: the longest pair rounded up to 64")
+    parser.add_argument("--row-tokens", type=int, default=0,
+                        help="packed row budget; 0: the longest pair rounded up to 64")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="runs/bench_packing.json")
@@ -60,7 +61,8 @@ def main() -> None:
     longest = max(sum(len(s) for s in builder.pair_samples(p, 0)) for p in pairs)
     budget = args.row_tokens or -(-longest // 64) * 64
     variants = {
-        "unpacked": [builder.micro_batch(pairs[i : i + args.micro_batch_size], 0) for i in range(0, len(pairs), args.micro_batch_size)],
+        "unpacked": [builder.micro_batch(pairs[i : i + args.micro_batch_size], 0)
+                     for i in range(0, len(pairs), args.micro_batch_size)],
         "packed": builder.packed_micro_batches(pairs, 0, budget),
     }
 
@@ -86,13 +88,17 @@ def main() -> None:
                         "real_tokens_per_s": (total - padding) / seconds})
     base = results[0]["real_tokens_per_s"]
     machine = host()
-    print(f"{args.pairs} preference-like pairs (scale {args.scale}), longest pair {longest} tokens, packed rows of {budget}; {machine}")
-    print(f"model: {args.family} hidden {args.hidden}, {args.layers} layers, block {args.block}; reference forward + policy forward/backward\n")
-    print(f"{'variant':<10}{'micro-batches':>14}{'rows':>6}{'tokens':>8}{'padding':>9}{'step s':>8}{'real tok/s':>11}{'x':>6}")
+    print(f"{args.pairs} preference-like pairs (scale {args.scale}), longest pair {longest} tokens, packed rows of "
+          f"{budget}; {machine}")
+    print(f"model: {args.family} hidden {args.hidden}, {args.layers} layers, block {args.block}; reference forward + "
+          "policy forward/backward\n")
+    print(f"{'variant':<10}{'micro-batches':>14}{'rows':>6}{'tokens':>8}{'padding':>9}{'step s':>8}{'real tok/s':>11}"
+          f"{'x':>6}")
     for r in results:
         print(f"{r['variant']:<10}{r['micro_batches']:>14}{r['rows']:>6}{r['tokens']:>8}{r['padding_fraction']:>9.1%}"
               f"{r['step_s']:>8.2f}{r['real_tokens_per_s']:>11.0f}{r['real_tokens_per_s'] / base:>6.2f}")
-    write_results(args.out, {"args": vars(args), "machine": machine, "row_tokens": budget, "longest_pair": longest, "results": results})
+    write_results(args.out, {"args": vars(args), "machine": machine, "row_tokens": budget, "longest_pair": longest,
+                             "results": results})
 
 
 if __name__ == "__main__":

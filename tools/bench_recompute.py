@@ -88,11 +88,14 @@ def run_one(name: str, args) -> dict:
         step()
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {
-        "setting": name, "recompute": {k: getattr(v, "value", v) for k, v in vars(recompute_config(name, args.layers)).items()},
+        "setting": name,
+        "recompute": {k: getattr(v, "value", v) for k, v in vars(recompute_config(name, args.layers)).items()},
         "loss": loss, "saved_mib": saved_bytes / 2**20, "peak_mib": peak, "before_step_mib": before,
-        "step_s": statistics.median(times), "step_cpu_s": statistics.median(cpu_times), "tokens": tokens.numel(), "device": device, "dtype": str(dtype).replace("torch.", ""),
+        "step_s": statistics.median(times), "step_cpu_s": statistics.median(cpu_times), "tokens": tokens.numel(),
+        "device": device, "dtype": str(dtype).replace("torch.", ""),
     }
 
 
@@ -106,10 +109,12 @@ def in_subprocess(name: str, argv: list[str]) -> dict:
 
 def table(rows: list[dict]) -> str:
     base = next(r for r in rows if r["setting"] == "none")
-    lines = [f"{'setting':<16}{'saved MiB':>10}{'x smaller':>10}{'peak MiB':>10}{'before':>8}{'step s':>8}{'CPU s':>8}{'x CPU':>7}"]
+    lines = [f"{'setting':<16}{'saved MiB':>10}{'x smaller':>10}{'peak MiB':>10}{'before':>8}{'step s':>8}{'CPU s':>8}"
+             f"{'x CPU':>7}"]
     for r in rows:
-        lines.append(f"{r['setting']:<16}{r['saved_mib']:>10.1f}{base['saved_mib'] / r['saved_mib']:>10.2f}{r['peak_mib']:>10.0f}"
-                     f"{r['before_step_mib']:>8.0f}{r['step_s']:>8.2f}{r['step_cpu_s']:>8.2f}{r['step_cpu_s'] / base['step_cpu_s']:>7.2f}")
+        lines.append(f"{r['setting']:<16}{r['saved_mib']:>10.1f}{base['saved_mib'] / r['saved_mib']:>10.2f}"
+                     f"{r['peak_mib']:>10.0f}{r['before_step_mib']:>8.0f}{r['step_s']:>8.2f}{r['step_cpu_s']:>8.2f}"
+                     f"{r['step_cpu_s'] / base['step_cpu_s']:>7.2f}")
     return "\n".join(lines)
 
 
@@ -137,7 +142,8 @@ def main() -> None:
             raise RuntimeError(f"{r['setting']}: loss {r['loss']} differs from none's {base}")
     machine = host()
     print(f"one training step, {args.rows} rows x {args.tokens} tokens ({machine})")
-    print(f"model: {args.family} hidden {args.hidden}, {args.layers} layers, vocabulary {args.vocab}, backend {args.backend}\n")
+    print(f"model: {args.family} hidden {args.hidden}, {args.layers} layers, vocabulary {args.vocab}, backend "
+          f"{args.backend}\n")
     print(table(rows))
     write_results(args.out, {"args": vars(args), "machine": machine, "settings": rows})
 

@@ -1,6 +1,7 @@
 """How far the one-pass layout is from the exact trajectory log-ratio for full-attention families.
 
-    python tools/bench_scoring_bias.py [--families llada dream --seeds 8 --settings 4:1:5:10 ...] [--out runs/bench_scoring_bias.json]
+    python tools/bench_scoring_bias.py [--families llada dream --seeds 8 --settings 4:1:5:10 ...] \
+[--out runs/bench_scoring_bias.json]
 
 dTRPO estimates l = log pi_theta(trajectory) - log pi_ref(trajectory) by scoring one sampled
 step s_b per block with weight S_b. LLaDA's and Dream's decoders see every later block as [M],
@@ -51,7 +52,8 @@ def batch_log_ratio(policy, reference, samples, labels, weights, variant, block_
     labels, weights = torch.stack(labels), torch.stack(weights)
     n = labels.shape[1]
     with torch.no_grad():
-        lp, lr = (m(tokens, layout)[:, :n].log_softmax(-1).gather(-1, labels[..., None])[..., 0] for m in (policy, reference))
+        lp, lr = (m(tokens, layout)[:, :n].log_softmax(-1).gather(-1, labels[..., None])[..., 0]
+                  for m in (policy, reference))
     return torch.where(weights != 0, weights * (lp - lr), 0.0).sum(-1).numpy()
 
 
@@ -94,8 +96,10 @@ def estimates(policy, reference, seq, steps, sched, combos, layout) -> tuple[np.
     variant = MaskVariant.BLOCK_DIFFUSION if layout == ScoringLayout.ONE_PASS else spec.attention
     index, unique, plan = {}, [], []
     for combo in combos:
-        row = remask_at_steps(seq.tokens, steps, seq.prompt_len, spec.block_size, spec.mask_token_id, sched, list(combo), origin)
-        rows = [row] if layout == ScoringLayout.ONE_PASS else per_block_rows(row, seq.tokens, blocks, spec.mask_token_id)
+        row = remask_at_steps(seq.tokens, steps, seq.prompt_len, spec.block_size, spec.mask_token_id, sched,
+                              list(combo), origin)
+        rows = ([row] if layout == ScoringLayout.ONE_PASS
+                else per_block_rows(row, seq.tokens, blocks, spec.mask_token_id))
         for r in rows:
             if index.setdefault((r.noisy.tobytes(), r.weights.tobytes()), len(unique)) == len(unique):
                 unique.append(r)
@@ -113,7 +117,8 @@ def run_setting(family: str, setting: str, seeds: int, max_combos: int) -> dict:
     block, k, prompt, response = map(int, setting.split(":"))
     cfg, policy, reference = models(family, block)
     spec, sched = cfg.diffusion, SchedulerConfig(tokens_per_step=k)
-    out = {"family": family, "block_size": block, "tokens_per_step": k, "prompt_len": prompt, "response_len": response, "per_seed": []}
+    out = {"family": family, "block_size": block, "tokens_per_step": k, "prompt_len": prompt, "response_len": response,
+           "per_seed": []}
     cost = {}
     for seed in range(seeds):
         tokens = np.random.default_rng(seed).integers(0, cfg.vocab_size - 1, prompt + response)
@@ -129,7 +134,8 @@ def run_setting(family: str, setting: str, seeds: int, max_combos: int) -> dict:
         for layout in ScoringLayout:
             values, rows, tokens_per_row = estimates(policy, reference, seq, steps, sched, combos, layout)
             cost[layout.value] = {"rows": rows, "tokens": tokens_per_row}
-            result[layout.value] = {"mean": float(values.mean()), "bias": float(values.mean() - exact), "std": float(values.std())}
+            result[layout.value] = {"mean": float(values.mean()), "bias": float(values.mean() - exact),
+                                    "std": float(values.std())}
         out["per_seed"].append(result)
     mean_exact = float(np.mean([abs(r["exact"]) for r in out["per_seed"]]))
     out["mean_abs_exact"] = mean_exact
@@ -137,26 +143,32 @@ def run_setting(family: str, setting: str, seeds: int, max_combos: int) -> dict:
         bias = np.abs([r[layout.value]["bias"] for r in out["per_seed"]])
         out[layout.value] = {
             **cost[layout.value],
-            "mean_abs_bias": float(bias.mean()), "max_abs_bias": float(bias.max()), "rel_bias": float(bias.mean() / mean_exact),
+            "mean_abs_bias": float(bias.mean()), "max_abs_bias": float(bias.max()),
+            "rel_bias": float(bias.mean() / mean_exact),
             "mean_std": float(np.mean([r[layout.value]["std"] for r in out["per_seed"]])),
         }
     return out
 
 
 def table(results: list[dict]) -> str:
-    head = (f"{'family':<7}{'block':>6}{'k':>3}{'prompt':>7}{'resp':>5}  {'S_b':<10}{'choices':>8}{'exact rows':>11}{'mean|l|':>9}  "
-            f"{'layout':<10}{'rows':>5}{'tokens':>7}{'mean|bias|':>11}{'max|bias|':>10}{'rel':>9}{'std':>9}{'|bias|/std':>11}")
+    head = (f"{'family':<7}{'block':>6}{'k':>3}{'prompt':>7}{'resp':>5}  "
+            f"{'S_b':<10}{'choices':>8}{'exact rows':>11}{'mean|l|':>9}  "
+            f"{'layout':<10}{'rows':>5}{'tokens':>7}{'mean|bias|':>11}{'max|bias|':>10}{'rel':>9}{'std':>9}"
+            f"{'|bias|/std':>11}")
     lines = [head]
     for r in results:
-        lead = f"{r['family']:<7}{r['block_size']:>6}{r['tokens_per_step']:>3}{r['prompt_len']:>7}{r['response_len']:>5}  {','.join(map(str, r['steps_per_block'])):<10}{r['combos']:>8}"
+        lead = (f"{r['family']:<7}{r['block_size']:>6}{r['tokens_per_step']:>3}{r['prompt_len']:>7}"
+                f"{r['response_len']:>5}  {','.join(map(str, r['steps_per_block'])):<10}{r['combos']:>8}")
         if "skipped" in r:
             lines.append(f"{lead}  skipped: {r['skipped']}")
             continue
         for i, layout in enumerate(("one_pass", "per_block")):
             x = r[layout]
             start = f"{lead}{r['exact_rows']:>11}{r['mean_abs_exact']:>9.4f}" if i == 0 else " " * (len(lead) + 20)
-            lines.append(f"{start}  {layout:<10}{x['rows']:>5}{x['tokens']:>7}{x['mean_abs_bias']:>11.2e}{x['max_abs_bias']:>10.2e}"
-                         f"{x['rel_bias']:>9.2e}{x['mean_std']:>9.4f}{x['mean_abs_bias'] / x['mean_std'] if x['mean_std'] else math.nan:>11.2e}")
+            lines.append(f"{start}  "
+                         f"{layout:<10}{x['rows']:>5}{x['tokens']:>7}{x['mean_abs_bias']:>11.2e}"
+                         f"{x['max_abs_bias']:>10.2e}{x['rel_bias']:>9.2e}{x['mean_std']:>9.4f}"
+                         f"{x['mean_abs_bias'] / x['mean_std'] if x['mean_std'] else math.nan:>11.2e}")
     return "\n".join(lines)
 
 
@@ -165,7 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="+", default=["llada", "dream"])
-    parser.add_argument("--settings", nargs="+", default=SETTINGS, help="block:tokens_per_step:prompt:response (block = sub-block)")
+    parser.add_argument("--settings", nargs="+", default=SETTINGS,
+                        help="block:tokens_per_step:prompt:response (block = sub-block)")
     parser.add_argument("--seeds", type=int, default=8, help="random sequences per setting")
     parser.add_argument("--max-combos", type=int, default=64, help="skip a setting with more step choices than this")
     parser.add_argument("--threads", type=int, default=1)
@@ -176,8 +189,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     results = [run_setting(f, s, args.seeds, args.max_combos) for f in args.families for s in args.settings]
     machine = host()
-    print(f"trajectory log-ratio estimate against the exact one, tiny float64 models, {args.seeds} sequences per setting ({machine})")
-    print("mean/max |bias| over sequences of (mean over all step choices - exact); rel = mean|bias| / mean|exact|; std over step choices\n")
+    print(f"trajectory log-ratio estimate against the exact one, tiny float64 models, {args.seeds} sequences per "
+          f"setting ({machine})")
+    print("mean/max |bias| over sequences of (mean over all step choices - exact); rel = mean|bias| / mean|exact|; std "
+          "over step choices\n")
     print(table(results))
     payload = {"args": vars(args), "machine": machine, "results": results}
     write_results(args.out, payload)

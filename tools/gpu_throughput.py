@@ -71,7 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--case-limit-s", type=float, default=90.0, help="wall-clock limit of one case")
     parser.add_argument("--budget-s", type=float, default=300.0, help="wall-clock limit of all cases")
     parser.add_argument("--out", type=Path, default=Path("runs/gpu_throughput.json"))
-    parser.add_argument("--docs", type=Path, default=None, help="markdown file whose gpu-throughput markers receive the table")
+    parser.add_argument("--docs", type=Path, default=None,
+                        help="markdown file whose gpu-throughput markers receive the table")
     parser.add_argument("--note", action="append", default=[], help="a line to print under the table (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="tiny model on CPU, fp32, local attention, short rows")
     args = parser.parse_args(argv)
@@ -85,7 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     block = model_config(args.family, args.size).block_size
     for s in args.lengths:
         if s <= args.prompt or (s + args.prompt // block * block) % 2:
-            parser.error(f"--lengths {s} with --prompt {args.prompt}: need s > P and s + P (down to a multiple of the block, {block}) even")
+            parser.error(f"--lengths {s} with --prompt {args.prompt}: need s > P and s + P (down to a multiple of the "
+                         f"block, {block}) even")
     return args
 
 
@@ -94,7 +96,8 @@ def row(cfg, s: int, prompt: int, device: str):
     n = (s + prompt // cfg.block_size * cfg.block_size) // 2
     clean = torch.randint(0, cfg.vocab_size - 1, (n,))
     noisy = clean.masked_fill(torch.rand(n) < 0.5, cfg.mask_token_id)
-    tokens, layout = collate([block_diffusion_sample(noisy, clean, prompt, cfg.block_size)], cfg.attention, cfg.block_size, pad_id=0)
+    tokens, layout = collate([block_diffusion_sample(noisy, clean, prompt, cfg.block_size)], cfg.attention,
+                             cfg.block_size, pad_id=0)
     return tokens.to(device), layout.to(device)
 
 
@@ -128,7 +131,8 @@ def run_case(args, result: Result, limit_s: float) -> None:
     with time_limit(limit_s):
         model = build_model(cfg, params_dtype=DTYPES[args.dtype], recompute=recompute).train()
         tokens, layout = row(cfg, result.length, args.prompt, args.device)
-        result.model_flops_per_step = training_step_flops(cfg, tokens.numel(), allowed_pairs(layout), vocab=model.vocab_size)
+        result.model_flops_per_step = training_step_flops(cfg, tokens.numel(), allowed_pairs(layout),
+                                                          vocab=model.vocab_size)
 
         def step():
             loss = model(tokens, layout, labels=tokens).float().mean()
@@ -202,7 +206,8 @@ def environment(device_name: str, peak: float | None, args) -> dict:
         "versions": versions,
         "model": f"{args.family} {args.size}, {args.dtype}, TP1, random weights",
         "row": f"[z~ ; y0], prompt {args.prompt}, block {model_config(args.family, args.size).block_size}",
-        "steps": f"warmup {args.warmup}, timed {args.steps}, case limit {args.case_limit_s:.0f} s, budget {args.budget_s:.0f} s",
+        "steps": f"warmup {args.warmup}, timed {args.steps}, case limit {args.case_limit_s:.0f} s, budget "
+                 f"{args.budget_s:.0f} s",
     }
 
 
@@ -210,7 +215,8 @@ def markdown(header: dict, results: list[Result], notes: list[str]) -> str:
     peak = header["peak_bf16_tflops"]
     lines = [
         f"Run {header['date']} on {header['device']} "
-        f"(peak dense bf16: {'%.1f TFLOP/s' % peak if peak else 'unknown to dtrpo_mega.perf.flops: MFU not computed'}); "
+        "(peak dense bf16: "
+        f"{'%.1f TFLOP/s' % peak if peak else 'unknown to dtrpo_mega.perf.flops: MFU not computed'}); "
         + ", ".join(f"{k} {v}" for k, v in header["versions"].items()) + ".",
         f"Model: {header['model']}; row: {header['row']}; {header['steps']}.",
         "",

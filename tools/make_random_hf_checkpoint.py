@@ -1,7 +1,8 @@
 """Write a random Hugging Face checkpoint of any family and size straight to safetensors shards,
 one tensor at a time.
 
-  python tools/make_random_hf_checkpoint.py --out /tmp/fast_dllm_v2_1.5b_random [--family fast_dllm_v2] [--size 1.5b] [--dtype bf16]
+  python tools/make_random_hf_checkpoint.py --out /tmp/fast_dllm_v2_1.5b_random [--family fast_dllm_v2] \
+[--size 1.5b] [--dtype bf16]
 
 The shape is the family's preset (`dtrpo_mega/models/families/`, each size with the config.json it
 comes from); the config.json and tensor names are the family's own Hugging Face format, so
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     cfg = model_config(args.family, args.size)
-    cfg = dataclasses.replace(cfg, padded_vocab_size=cfg.padded_vocab(1))  # HF tensors are unpadded; any padding will do
+    # HF tensors are unpadded; any padding will do
+    cfg = dataclasses.replace(cfg, padded_vocab_size=cfg.padded_vocab(1))
     fmt, dtype = get_family(args.family).formats[0], TORCH_DTYPES[args.dtype]
     plan = [PlannedTensor(name, shape, dtype) for name, shape in expected_hf_tensors(cfg, name_map(fmt, cfg)).items()]
     out = Path(args.out)

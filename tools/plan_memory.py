@@ -32,10 +32,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("tp", "pp", "cp", "dp", "world-size"):
         parser.add_argument(f"--{name}", type=int)
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80)")
-    parser.add_argument("--reserve", type=float, default=4.0, help="GiB not planned: CUDA context, NCCL, fragmentation (default 4)")
+    parser.add_argument("--reserve", type=float, default=4.0,
+                        help="GiB not planned: CUDA context, NCCL, fragmentation (default 4)")
     parser.add_argument("--prompt-length", type=int, default=512)
     parser.add_argument("--response-length", type=int, default=1024)
-    parser.add_argument("--backend", choices=[b.value for b in AttentionBackend], help="default: the model's (auto = flex, the CUDA default)")
+    parser.add_argument("--backend", choices=[b.value for b in AttentionBackend],
+                        help="default: the model's (auto = flex, the CUDA default)")
     parser.add_argument("--transformer-impl", choices=M.IMPLS, default="transformer_engine")
     return parser.parse_intermixed_args(argv)
 
@@ -43,7 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def resolve(args: argparse.Namespace) -> tuple[M.Settings, M.Workload, str]:
     """The planner's inputs from the config, its overrides and the layout flags; a note on the model's source."""
     overrides = list(args.overrides)
-    for flag, key in (("tp", "tensor_model_parallel_size"), ("pp", "pipeline_model_parallel_size"), ("cp", "context_parallel_size")):
+    for flag, key in (("tp", "tensor_model_parallel_size"), ("pp", "pipeline_model_parallel_size"),
+                      ("cp", "context_parallel_size")):
         if getattr(args, flag) is not None:
             overrides.append(f"parallel.{key}={getattr(args, flag)}")
     cfg = load_config(args.config, overrides)
@@ -54,8 +57,8 @@ def resolve(args: argparse.Namespace) -> tuple[M.Settings, M.Workload, str]:
         if args.dp is not None:
             raise ValueError("give --dp or --world-size, not both")
         if args.world_size % model_parallel:
-            raise ValueError(f"--world-size {args.world_size} is not divisible by TP={par.tensor_model_parallel_size} x "
-                             f"PP={par.pipeline_model_parallel_size} x CP={par.context_parallel_size}")
+            raise ValueError(f"--world-size {args.world_size} is not divisible by TP={par.tensor_model_parallel_size} "
+                             f"x PP={par.pipeline_model_parallel_size} x CP={par.context_parallel_size}")
         dp = args.world_size // model_parallel
     note = ""
     try:
@@ -63,7 +66,8 @@ def resolve(args: argparse.Namespace) -> tuple[M.Settings, M.Workload, str]:
     except FileNotFoundError:
         model = model_config(cfg.model.family, cfg.model.size, **cfg.model.overrides)
         note = f"(model.load={cfg.model.load} not found: planned from model.family/size)"
-    settings, work = M.from_train_config(cfg, model, dp, args.prompt_length, args.response_length, args.backend, args.transformer_impl)
+    settings, work = M.from_train_config(cfg, model, dp, args.prompt_length, args.response_length, args.backend,
+                                         args.transformer_impl)
     return settings, work, note
 
 
@@ -82,17 +86,20 @@ def report(s: M.Settings, work: M.Workload, gpu_memory: float, reserve: float, n
     capacity = (gpu_memory - reserve) * GIB
     dtype = "bf16" if s.bf16 else "fp32"
     lines = [
-        f"{m.family}: {m.num_layers} layers, hidden {m.hidden_size}, {M.stage_parameters(m, 1, 1, 0) / 1e9:.2f} B parameters {note}".rstrip(),
-        f"TP={lay.tp} PP={lay.pp} CP={lay.cp} DP={lay.dp}; {dtype}; {s.transformer_impl} layers; {s.backend.value} attention; "
-        f"reference: {'resident' if s.resident_reference else 'not resident (precomputed, or SFT)'}",
-        f"micro-batch: {shape.rows} row(s) x {shape.tokens} tokens ({shape.tokens // lay.cp} per CP rank); prompt {work.prompt_length}, "
-        f"response {work.response_length}" + (f"; packed rows of {work.packed_tokens} tokens" if work.packed_tokens else "")
+        f"{m.family}: {m.num_layers} layers, hidden {m.hidden_size}, {M.stage_parameters(m, 1, 1, 0) / 1e9:.2f} B "
+        f"parameters {note}".rstrip(),
+        f"TP={lay.tp} PP={lay.pp} CP={lay.cp} DP={lay.dp}; {dtype}; {s.transformer_impl} layers; {s.backend.value} "
+        f"attention; reference: {'resident' if s.resident_reference else 'not resident (precomputed, or SFT)'}",
+        f"micro-batch: {shape.rows} row(s) x {shape.tokens} tokens ({shape.tokens // lay.cp} per CP rank); prompt "
+        f"{work.prompt_length}, response {work.response_length}"
+        + (f"; packed rows of {work.packed_tokens} tokens" if work.packed_tokens else "")
         + f"; {work.micro_batches(m.block_size)} micro-batches per step",
         "",
     ]
     plans = {name: (v, M.peak(v, work)) for name, v in variants(s).items()}
     rows = [
-        ("per layer per token, KiB", lambda v, p: M.stage_layer_bytes(v, shape.tokens) / v.stage_layers / 1024, "{:.2f}"),
+        ("per layer per token, KiB", lambda v, p: M.stage_layer_bytes(v, shape.tokens) / v.stage_layers / 1024,
+         "{:.2f}"),
         ("fullest pipeline stage", lambda v, p: p.stage, "{}"),
         ("micro-batches in flight", lambda v, p: p.in_flight, "{}"),
         (f"weights ({dtype}), GiB", lambda v, p: p.weights / GIB, "{:.2f}"),
@@ -104,7 +111,8 @@ def report(s: M.Settings, work: M.Workload, gpu_memory: float, reserve: float, n
         ("transient, GiB", lambda v, p: p.transient / GIB, "{:.2f}"),
         ("reference forward, GiB", lambda v, p: p.reference_forward / GIB, "{:.2f}"),
         ("total, GiB", lambda v, p: p.total / GIB, "{:.2f}"),
-        (f"max response ({gpu_memory:g} - {reserve:g} GiB)", lambda v, p: M.max_response_length(v, work, capacity), "{}"),
+        (f"max response ({gpu_memory:g} - {reserve:g} GiB)", lambda v, p: M.max_response_length(v, work, capacity),
+         "{}"),
     ]
     if work.packed_tokens:
         rows.append(("max micro_batch_tokens", lambda v, p: M.max_packed_tokens(v, work, capacity), "{}"))

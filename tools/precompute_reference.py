@@ -1,4 +1,5 @@
-"""`torchrun ... tools/precompute_reference.py ...` = `torchrun ... --no-python dtrpo precompute-reference ...` (dtrpo_mega/training/precompute.py)."""
+"""`torchrun ... tools/precompute_reference.py ...` = `torchrun ... --no-python dtrpo precompute-reference ...`
+(dtrpo_mega/training/precompute.py)."""
 
 from dtrpo_mega.training.precompute import main
 

@@ -85,7 +85,8 @@ def verify_manifest(folder: str | Path) -> None:
             problems.append(f"{path}: sha256 {found}, but {want} when saved (the file is damaged or was replaced)")
     problems = _gather(problems)
     if problems:
-        raise ValueError(f"checkpoint {folder} failed its checksums ({MANIFEST}; checkpoint.verify=false skips the check):\n  "
+        raise ValueError(f"checkpoint {folder} failed its checksums ({MANIFEST}; checkpoint.verify=false skips the "
+                         "check):\n  "
                          + "\n  ".join(sorted(problems)))
 
 

@@ -18,7 +18,8 @@ import types
 import torch
 
 DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.planner")
-ALLOWED = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+ALLOWED = {("torch", "Size"), ("torch.serialization", "_get_layout"),
+           ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
            ("collections", "OrderedDict"), ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath")}  # a checkpoint id
 
 
@@ -30,7 +31,8 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         value = super().find_class(module, name) if self._allowed(module, name) else None
         if value is None:
-            raise UnsafePickle(f"refusing to load {module}.{name} from checkpoint metadata (only torch's checkpoint metadata types are allowed)")
+            raise UnsafePickle(f"refusing to load {module}.{name} from checkpoint metadata (only torch's checkpoint "
+                               "metadata types are allowed)")
         return value
 
     @staticmethod
@@ -63,5 +65,6 @@ def install() -> None:
 
     if not isinstance(filesystem.pickle, types.ModuleType) or filesystem.pickle is not pickle:
         return  # already installed
-    filesystem.pickle = types.SimpleNamespace(**{name: getattr(pickle, name) for name in ("dump", "dumps", "HIGHEST_PROTOCOL")},
+    filesystem.pickle = types.SimpleNamespace(**{name: getattr(pickle, name)
+                                                 for name in ("dump", "dumps", "HIGHEST_PROTOCOL")},
                                               load=restricted_load, loads=restricted_loads)

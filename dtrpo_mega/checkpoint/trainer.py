@@ -77,11 +77,13 @@ class CheckpointLock:
             file.seek(0)
             holder = file.read().strip() or "an unknown process"
             file.close()
-            return f"checkpoint.dir {self.path.parent} is in use by {holder} (lock {self.path}); stop that job or use another checkpoint.dir"
+            return (f"checkpoint.dir {self.path.parent} is in use by {holder} (lock {self.path}); stop that job or use "
+                    "another checkpoint.dir")
         file.seek(0)
         file.truncate()
         job = os.environ.get("SLURM_JOB_ID")
-        file.write(f"pid {os.getpid()} on {socket.gethostname()}{f', Slurm job {job}' if job else ''}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        file.write(f"pid {os.getpid()} on {socket.gethostname()}{f', Slurm job {job}' if job else ''}, since "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         file.flush()
         self.file = file
         return None
@@ -110,7 +112,8 @@ def save_checkpoint(root: str | Path, step: int, model, optimizer, config: dict,
     save_model(model, path / "model")
     if hasattr(optimizer, "sharded_state_dict"):
         with writing(path / "optimizer"):
-            dist_checkpointing.save(optimizer.sharded_state_dict(sharded_weights(model)), str(_mkdir(path / "optimizer")))
+            dist_checkpointing.save(optimizer.sharded_state_dict(sharded_weights(model)),
+                                    str(_mkdir(path / "optimizer")))
     state = {"layout": _layout(model), "torch_rng": torch.get_rng_state(),
              "optimizer": optimizer.state_dict() if hasattr(optimizer, "state_dict") else None}
     with writing(path / f"rank_{rank:05d}.pt"):
@@ -158,9 +161,9 @@ def load_checkpoint(path: Path, model, optimizer, reference: str | None = None, 
         saved = json.loads((path / "trainer.json").read_text())
     recorded = saved.get("reference")
     if reference is not None and recorded is not None and recorded != reference:
-        raise ValueError(f"{path} was trained against the reference {recorded}, but this run's reference is {reference}: "
-                         "resuming would change the objective mid-run (set the same model.load / reference.load / train.seed, "
-                         "or start in a new checkpoint.dir)")
+        raise ValueError(f"{path} was trained against the reference {recorded}, but this run's reference is "
+                         f"{reference}: resuming would change the objective mid-run (set the same model.load / "
+                         "reference.load / train.seed, or start in a new checkpoint.dir)")
     if verify:
         verify_manifest(path)
     load_model(model, path / "model", verify=verify)

@@ -22,10 +22,12 @@ from dtrpo_mega.models.families import family_names
 
 def _import_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf", required=True, help="Hugging Face checkpoint folder (config.json + *.safetensors)")
-    parser.add_argument("--family", default="auto", choices=["auto", *FORMATS], help="source format (auto: from config.json)")
+    parser.add_argument("--family", default="auto", choices=["auto", *FORMATS],
+                        help="source format (auto: from config.json)")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size to check and pad the vocabulary for")
     parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size to check")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"], help="stored dtype (auto: the source's)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"],
+                        help="stored dtype (auto: the source's)")
     parser.add_argument("--dllm-family", choices=family_names(), help="dLLM family of a plain llama/qwen2/qwen3 source")
     parser.add_argument("--mask-token-id", type=int, help="mask token id when config.json has none (or to override it)")
 

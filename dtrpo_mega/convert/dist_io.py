@@ -90,11 +90,13 @@ class _LazySavePlanner(SavePlanner):
             data = data.narrow(*local)
         data = data.unsqueeze(0) if chunk.tensor.per_layer else data
         if tuple(data.shape) != chunk.sizes:
-            raise ValueError(f"{chunk.tensor.name} layer {chunk.layer}: produced {tuple(data.shape)}, the chunk is {chunk.sizes}")
+            raise ValueError(f"{chunk.tensor.name} layer {chunk.layer}: produced {tuple(data.shape)}, the chunk is "
+                             f"{chunk.sizes}")
         return data.contiguous()
 
 
-def write_checkpoint(ckpt_dir: str | Path, chunks: list[Chunk], num_layers: int, dtype: torch.dtype, produce: Producer) -> None:
+def write_checkpoint(ckpt_dir: str | Path, chunks: list[Chunk], num_layers: int, dtype: torch.dtype,
+                     produce: Producer) -> None:
     """Write a torch_dist checkpoint of `chunks`, making each chunk's data on demand."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -167,6 +169,7 @@ def read_tensors(ckpt_dir: str | Path, requests: list[tuple[MegatronTensor, int 
             raise ValueError(f"one read per key: {tensor.key} is requested twice")
         regions[tensor.key] = (region, buffer)
     with _single_process():
-        dcp.load({}, storage_reader=dcp.FileSystemReader(str(ckpt_dir)), planner=_RegionLoadPlanner(regions), no_dist=True)
+        dcp.load({}, storage_reader=dcp.FileSystemReader(str(ckpt_dir)), planner=_RegionLoadPlanner(regions),
+                 no_dist=True)
     return out
 

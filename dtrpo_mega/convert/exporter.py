@@ -50,7 +50,8 @@ class Target:
             fmt, config = synthesized_hf_config(cfg, dtype_name(stored_dtype))
             return cls(fmt, config, stored_dtype, {}, {}, [], None)
         inv_freq = source["inv_freq"]
-        extra = [(n, torch.tensor(inv_freq["values"], dtype=TORCH_DTYPES[inv_freq["dtype"]])) for n in inv_freq.get("names", [])]
+        extra = [(n, torch.tensor(inv_freq["values"], dtype=TORCH_DTYPES[inv_freq["dtype"]]))
+                 for n in inv_freq.get("names", [])]
         return cls(
             get_format(source["format"]), source["config"], TORCH_DTYPES[source["dtype"]],
             {n: TORCH_DTYPES[d] for n, d in source["dtype_overrides"].items()},
@@ -62,8 +63,8 @@ class Target:
         return [(name, value)] + ([(self.copies[name], value)] if name in self.copies else [])
 
 
-def _hf_tensors(cfg: DLLMConfig, maps: dict[str, Mapping], target: Target, group: list[tuple[MegatronTensor, int | None]],
-                loaded: dict) -> Iterator[tuple[str, Tensor]]:
+def _hf_tensors(cfg: DLLMConfig, maps: dict[str, Mapping], target: Target,
+                group: list[tuple[MegatronTensor, int | None]], loaded: dict) -> Iterator[tuple[str, Tensor]]:
     for tensor, layer in group:
         mapping = maps[tensor.name]
         for name, value in zip(mapping.hf_names(layer), mapping.to_hf(loaded[(tensor.name, layer)], cfg)):
@@ -77,7 +78,8 @@ def _check_stored(cfg: DLLMConfig, stored: dict, ckpt_dir: Path) -> None:
         if tensor.key not in stored:
             problems.append(f"tensor {tensor.key} (shape {shape}) is missing")
         elif stored[tensor.key][0] != shape:
-            problems.append(f"tensor {tensor.key}: checkpoint shape {stored[tensor.key][0]}, the model config implies {shape}")
+            problems.append(f"tensor {tensor.key}: checkpoint shape {stored[tensor.key][0]}, the model config implies "
+                            f"{shape}")
     if problems:
         raise ValueError(f"{ckpt_dir} does not match its {ckpt_dir / 'dtrpo_model.json'}:\n  " + "\n  ".join(problems))
 
@@ -97,7 +99,8 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, max_shard_size: str = "
     groups = stream_groups(cfg)
 
     meta = lambda group: {(t.name, layer): torch.empty(t.shape, device="meta") for t, layer in group}  # noqa: E731
-    plan = [PlannedTensor(n, tuple(v.shape), v.dtype) for g in groups for n, v in _hf_tensors(cfg, maps, target, g, meta(g))]
+    plan = [PlannedTensor(n, tuple(v.shape), v.dtype)
+            for g in groups for n, v in _hf_tensors(cfg, maps, target, g, meta(g))]
     plan += [PlannedTensor(n, tuple(v.shape), v.dtype) for n, v in target.extra]
     writer = SafetensorsWriter(out_dir, plan, parse_size(max_shard_size))
     for group in groups:

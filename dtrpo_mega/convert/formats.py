@@ -29,12 +29,12 @@ FORMATS: dict[str, SourceFormat] = {f.name: f for f in (*source_formats(), *PLAI
 
 # config.json fields holding a size or a count (transformers names, then LLaDA's OLMo-style ones):
 # a positive integer when present; null stands for an absent optional field.
-SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-               "head_dim", "max_position_embeddings", "d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size",
-               "embedding_size", "max_sequence_length")
+SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "max_position_embeddings", "d_model", "n_heads", "n_kv_heads",
+               "n_layers", "mlp_hidden_size", "embedding_size", "max_sequence_length")
 NUMBER_FIELDS = ("rope_theta", "rms_norm_eps", "mlp_ratio")  # positive numbers
-STRUCTURE_SIZES = ("vocab_size", "hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads", "num_query_groups",
-                   "head_dim", "max_position_embeddings")  # DLLMConfig fields read from those
+STRUCTURE_SIZES = ("vocab_size", "hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads",
+                   "num_query_groups", "head_dim", "max_position_embeddings")  # DLLMConfig fields read from those
 
 
 def _is_int(value) -> bool:
@@ -70,7 +70,8 @@ class _Fields(dict):
 def check_fields(config: dict, where="config.json", fmt: SourceFormat | None = None) -> None:
     """Raise, naming the file and the field, on a config.json value of the wrong type or range."""
     architectures = config.get("architectures")
-    if architectures is not None and not (isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)):
+    if architectures is not None and not (isinstance(architectures, list)
+                                          and all(isinstance(a, str) for a in architectures)):
         raise _field_error(where, "architectures", architectures, "a list of names")
     for name in SIZE_FIELDS:
         value = config.get(name)
@@ -177,7 +178,8 @@ def dllm_config(fmt: SourceFormat, hf_config: dict, family: str | None = None, m
     if mask_token_id is None:
         mask_token_id = hf_config.get("mask_token_id")
     if mask_token_id is None and fmt.name not in FAMILIES:
-        raise ValueError(f"{where}: a plain {fmt.name} checkpoint has no mask token: pass --mask-token-id (an unused row of its vocabulary)")
+        raise ValueError(f"{where}: a plain {fmt.name} checkpoint has no mask token: pass --mask-token-id (an unused "
+                         "row of its vocabulary)")
     if mask_token_id is None:
         mask_token_id = traits["mask_token_id"]
     if not 0 <= mask_token_id < structure["vocab_size"]:
@@ -201,13 +203,14 @@ def source_config(fmt: SourceFormat, cfg: DLLMConfig, dtype: str) -> dict:
     else:
         structure = dict(
             vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size,
-            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_query_groups,
-            head_dim=cfg.head_dim, hidden_act="silu", rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
-            tie_word_embeddings=cfg.tie_embeddings, max_position_embeddings=cfg.max_position_embeddings, attention_bias=False,
+            num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
+            num_key_value_heads=cfg.num_query_groups, head_dim=cfg.head_dim, hidden_act="silu",
+            rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
+            max_position_embeddings=cfg.max_position_embeddings, attention_bias=False,
         )
     block = {fmt.block_size_key: cfg.block_size} if fmt.block_size_key else {}
-    return dict(architectures=list(fmt.architectures), model_type=fmt.model_types[0], **structure, **block, torch_dtype=dtype,
-                mask_token_id=cfg.mask_token_id)
+    return dict(architectures=list(fmt.architectures), model_type=fmt.model_types[0], **structure, **block,
+                torch_dtype=dtype, mask_token_id=cfg.mask_token_id)
 
 
 def synthesized_hf_config(cfg: DLLMConfig, dtype: str) -> tuple[SourceFormat, dict]:

@@ -27,8 +27,8 @@ DTYPE_NAMES = {
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
 }
 DTYPES_BY_NAME = {v: k for k, v in DTYPE_NAMES.items()}
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64,
-                "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                "float64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -65,7 +65,8 @@ def _not_safetensors(file: Path, err: Exception) -> ValueError:
     except OSError:
         head = b""
     pickled = head[:1] == b"\x80" or head == b"PK"  # a pickle protocol opcode, or torch.save's zip archive
-    hint = "; it looks like a pickle (torch.save) file, which is never read: save it with safetensors" if pickled else ""
+    hint = ("; it looks like a pickle (torch.save) file, which is never read: save it with safetensors" if pickled
+            else "")
     return ValueError(f"{file}: not a valid or complete safetensors file ({err}){hint}")
 
 
@@ -76,7 +77,8 @@ class HFCheckpoint:
         self.path = Path(path)
         self.config_file = self.path / "config.json"
         if not self.config_file.is_file():
-            raise FileNotFoundError(f"{self.config_file} not found: a Hugging Face checkpoint folder needs a config.json")
+            raise FileNotFoundError(f"{self.config_file} not found: a Hugging Face checkpoint folder needs a "
+                                    "config.json")
         self.config: dict = read_json_object(self.config_file)
 
     @functools.cached_property
@@ -110,7 +112,8 @@ class HFCheckpoint:
         files = sorted(self.path.glob("*.safetensors"))
         if not files:
             others = sorted(p.name for p in self.path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-            hint = f" (found {others}: pickle checkpoints are not read; save them as safetensors first)" if others else ""
+            hint = (f" (found {others}: pickle checkpoints are not read; save them as safetensors first)" if others
+                    else "")
             raise FileNotFoundError(f"no *.safetensors in {self.path}{hint}")
         return files
 
@@ -169,7 +172,8 @@ class SafetensorsWriter:
     def _open(self, i: int):
         header, offset = {"__metadata__": {"format": "pt"}}, 0
         for t in self.shards[i]:
-            header[t.name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+            header[t.name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape),
+                              "data_offsets": [offset, offset + t.nbytes]}
             offset += t.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)

@@ -111,7 +111,8 @@ def plan_import(hf_dir: str | Path, family: str = "auto", tp: int = 1, pp: int =
         stored = source_dtype if len(dtypes) == 1 else torch.float32
     source = {
         "format": fmt.name, "dir": str(hf.path.resolve()), "config": hf.config, "dtype": dtype_name(source_dtype),
-        "dtype_overrides": {n: dtype_name(hf.tensors[n].dtype) for n in expected if hf.tensors[n].dtype != source_dtype},
+        "dtype_overrides": {n: dtype_name(hf.tensors[n].dtype) for n in expected
+                            if hf.tensors[n].dtype != source_dtype},
         "aliases": aliases, "inv_freq": _inv_freq(hf, cfg),
     }
     cfg = dataclasses.replace(cfg, extra={**cfg.extra, "source": source})
@@ -137,6 +138,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, log=print, **options) -> 
     """Convert a Hugging Face checkpoint folder into a dtrpo_mega megatron checkpoint."""
     plan = plan_import(hf_dir, log=log, **options)
     log(f"importing {plan.fmt.name} as family {plan.cfg.family!r}: {plan.cfg.num_layers} layers, vocabulary "
-        f"{plan.cfg.vocab_size} padded to {plan.cfg.padded_vocab_size} (TP={plan.tp}), stored as {dtype_name(plan.dtype)}")
+        f"{plan.cfg.vocab_size} padded to {plan.cfg.padded_vocab_size} (TP={plan.tp}), stored as "
+        f"{dtype_name(plan.dtype)}")
     run_import(plan, out_dir)
     return plan.cfg

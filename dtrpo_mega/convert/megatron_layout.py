@@ -64,7 +64,8 @@ def megatron_tensors(cfg: DLLMConfig) -> list[MegatronTensor]:
             MegatronTensor("decoder.layers.*.self_attention.k_layernorm.weight", (hd,)),
         ]
     layer += [
-        MegatronTensor("decoder.layers.*.self_attention.linear_proj.weight", (h, cfg.num_attention_heads * hd), tp_axis=1),
+        MegatronTensor("decoder.layers.*.self_attention.linear_proj.weight", (h, cfg.num_attention_heads * hd),
+                       tp_axis=1),
         MegatronTensor("decoder.layers.*.mlp.linear_fc1.layer_norm_weight", (h,)),
         MegatronTensor("decoder.layers.*.mlp.linear_fc1.weight", (2 * ffn, h), tp_axis=0, tp_parts=2),
         MegatronTensor("decoder.layers.*.mlp.linear_fc2.weight", (h, ffn), tp_axis=1),

@@ -23,5 +23,6 @@ def name_map(fmt: SourceFormat, cfg: DLLMConfig) -> dict[str, Mapping]:
     names = fmt.weight_names
     missing = [t.name for t in megatron_tensors(cfg) if t.name not in names]
     if missing:
-        raise ValueError(f"the {fmt.name} weight naming has no tensors for {missing} (model config: qk_norm={cfg.qk_norm})")
+        raise ValueError(f"the {fmt.name} weight naming has no tensors for {missing} (model config: "
+                         f"qk_norm={cfg.qk_norm})")
     return {t.name: KINDS.get(t.name, Direct)(t.name, names[t.name]) for t in megatron_tensors(cfg)}

@@ -24,13 +24,16 @@ class Row:
 
     def __str__(self) -> str:
         info = self.source or self.result
-        status = "match" if self.match else "MISSING" if self.result is None else "EXTRA" if self.source is None else "MISMATCH"
-        other = "" if self.match or None in (self.source, self.result) else f"  (result {self.result.shape} {self.result.dtype})"
+        status = ("match" if self.match else "MISSING" if self.result is None else "EXTRA" if self.source is None
+                  else "MISMATCH")
+        other = ("" if self.match or None in (self.source, self.result)
+                 else f"  (result {self.result.shape} {self.result.dtype})")
         return f"{self.name:<60} {str(info.shape):<20} {str(info.dtype).removeprefix('torch.'):<9} {status}{other}"
 
 
 def bits_equal(a: Tensor, b: Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+    return (a.dtype == b.dtype and a.shape == b.shape
+            and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)))
 
 
 def compare_folders(source_dir: str | Path, result_dir: str | Path) -> tuple[list[Row], bool]:
@@ -44,7 +47,8 @@ def compare_folders(source_dir: str | Path, result_dir: str | Path) -> tuple[lis
     return rows, json.dumps(source.config, sort_keys=True) == json.dumps(result.config, sort_keys=True)
 
 
-def roundtrip(hf_dir: str | Path, work_dir: str | Path | None = None, log=print, **import_options) -> tuple[list[Row], bool]:
+def roundtrip(hf_dir: str | Path, work_dir: str | Path | None = None, log=print,
+              **import_options) -> tuple[list[Row], bool]:
     """Import then export into `work_dir` (a temporary folder when None), then compare."""
     with tempfile.TemporaryDirectory(prefix="dtrpo_roundtrip_") as tmp:
         work = Path(work_dir or tmp)

@@ -1,8 +1,9 @@
 """The encoder that renders a record into token ids with a family's chat template.
 
 A template (`models/families/`, one per family) is a handful of strings; every `<|...|>` in them
-is one special token, looked up in the tokenizer and inserted by id (never produced by tokenizing text). The text between special
-tokens is tokenized as one run, as Hugging Face's `apply_chat_template` does. A prompt ends with
+is one special token, looked up in the tokenizer and inserted by id (never produced by tokenizing
+text). The text between special tokens is tokenized as one run, as Hugging Face's
+`apply_chat_template` does. A prompt ends with
 the assistant header; a response is its content followed by the family's end-of-turn token
 (plain-string responses get it too).
 """
@@ -28,7 +29,8 @@ class ChatEncoder:
             self.special_ids[token] = i
         if tokenizer.chat_template is not None and template.end_of_turn not in tokenizer.chat_template:
             raise ValueError(f"tokenizer {tokenizer.path}: its chat_template never uses {template.end_of_turn!r}, the "
-                             f"end-of-turn token of the {template.name} template: is it the tokenizer of this model family?")
+                             f"end-of-turn token of the {template.name} template: is it the tokenizer of this model "
+                             "family?")
         self.end_of_turn_id = self.special_ids[template.end_of_turn]
         self.fill_id = self.special_ids.get(template.block_fill)  # None: the template names no fill token
 

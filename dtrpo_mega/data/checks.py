@@ -30,5 +30,7 @@ def check_vocabulary(dataset: PreferenceDataset, vocab_size: int, mask_token_id:
             pair = int(np.searchsorted(dataset.bounds[:, 0], position, side="right")) - 1
             if token == mask_token_id:
                 raise ValueError(f"data.path={dataset.prefix}: pair {pair} contains token id {token}, the mask token "
-                                 f"(model.mask_token_id={mask_token_id}): the data and the model disagree on the mask token")
-            raise ValueError(f"data.path={dataset.prefix}: pair {pair} has token id {token}, outside model.vocab_size={vocab_size}")
+                                 f"(model.mask_token_id={mask_token_id}): the data and the model disagree on the mask "
+                                 "token")
+            raise ValueError(f"data.path={dataset.prefix}: pair {pair} has token id {token}, outside "
+                             f"model.vocab_size={vocab_size}")

@@ -25,11 +25,13 @@ class DataConfig:
 
     def __post_init__(self):
         if self.last_block != "family" and self.last_block not in [b.value for b in LastBlock]:
-            raise ValueError(f"data.last_block={self.last_block!r}; choose from {['family', *(b.value for b in LastBlock)]}")
+            raise ValueError(f"data.last_block={self.last_block!r}; choose from "
+                             f"{['family', *(b.value for b in LastBlock)]}")
         if type(self.pad_to_multiple) is not int or self.pad_to_multiple < 1:
             raise ValueError(f"data.pad_to_multiple must be a positive integer, got {self.pad_to_multiple!r}")
         if self.fingerprint is not None and not re.fullmatch(r"[0-9a-f]{64}", str(self.fingerprint)):
-            raise ValueError(f"data.fingerprint must be a sha256 hex digest (64 lowercase hex digits), got {self.fingerprint!r}")
+            raise ValueError("data.fingerprint must be a sha256 hex digest (64 lowercase hex digits), got "
+                             f"{self.fingerprint!r}")
 
     def last_block_rule(self, family_default: LastBlock) -> LastBlock:
         return family_default if self.last_block == "family" else LastBlock(self.last_block)

@@ -152,7 +152,8 @@ class PreferenceDataset:
 
     @property
     def prompt_format(self) -> str | None:
-        """How the prompts were given: "plain" text or "chat" messages; None for datasets written before it was recorded."""
+        """How the prompts were given: "plain" text or "chat" messages; None for datasets written before it
+        was recorded."""
         return self.metadata.get("prompt_format")
 
     def __len__(self) -> int:

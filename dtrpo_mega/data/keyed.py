@@ -18,7 +18,8 @@ def save_keyed(path: str | Path, tensors: dict[str, torch.Tensor], key: dict) ->
     """safetensors file with the key that made it, written atomically."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={"key": json.dumps(key, sort_keys=True)})
     tmp.replace(path)
 
 

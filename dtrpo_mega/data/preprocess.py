@@ -85,19 +85,21 @@ def tokenize_record(record: PreferenceRecord, encoder: ChatEncoder, index: int) 
     A prompt-completion record's completion is the chosen response; its rejected response is empty.
     """
     keys = ("chosen",) if record.is_completion else RESPONSES
-    ids = {key: encoder.response(getattr(record, key), record.conversational) + list(getattr(record, f"{key}_tail", ())) for key in keys}
+    ids = {key: encoder.response(getattr(record, key), record.conversational) + list(getattr(record, f"{key}_tail", ()))
+           for key in keys}
     steps = {}
     for key, response in ids.items():
         given = getattr(record, f"{key}_steps")
         if given is not None and len(given) != len(response):
             tail = len(getattr(record, f"{key}_tail"))
             raise ValueError(f"{record.where}: '{key}_steps' has {len(given)} values but the tokenized {key} response "
-                             f"has {len(response) - tail} tokens (end-of-turn {encoder.template.end_of_turn!r} included)"
+                             f"has {len(response) - tail} tokens (end-of-turn {encoder.template.end_of_turn!r} "
+                             "included)"
                              + (f" and its tail {tail}" if tail else ""))
         steps[key] = None if given is None else np.asarray(given, dtype=np.int64)
     return PreferencePair(index, np.asarray(encoder.prompt(record.prompt), dtype=np.int64),
-                          np.asarray(ids["chosen"], dtype=np.int64), np.asarray(ids.get("rejected", ()), dtype=np.int64),
-                          steps["chosen"], steps.get("rejected"))
+                          np.asarray(ids["chosen"], dtype=np.int64),
+                          np.asarray(ids.get("rejected", ()), dtype=np.int64), steps["chosen"], steps.get("rejected"))
 
 
 def fit(pair: PreferencePair, settings: PreprocessSettings, where: str) -> tuple[PreferencePair | None, str]:
@@ -119,8 +121,9 @@ def fit(pair: PreferencePair, settings: PreprocessSettings, where: str) -> tuple
                    rejected_steps=cut(pair.rejected_steps)), "truncated"
 
 
-def build_preference_dataset(input_jsonl: str | Path, tokenizer_path: str | Path, family: str, output_prefix: str | Path,
-                             max_length: int, overlong: str = "truncate", block_size: int | None = None) -> dict:
+def build_preference_dataset(input_jsonl: str | Path, tokenizer_path: str | Path, family: str,
+                             output_prefix: str | Path, max_length: int, overlong: str = "truncate",
+                             block_size: int | None = None) -> dict:
     """Tokenize `input_jsonl` into the indexed dataset at `output_prefix`; returns the counts.
 
     Counts: `read` (non-blank lines), `kept` (written, truncated ones included), `truncated`, `dropped`.
@@ -143,14 +146,16 @@ def build_preference_dataset(input_jsonl: str | Path, tokenizer_path: str | Path
             if first_where is None:
                 first_where, first_kind, with_steps, first_format = record.where, kind, has_steps, prompt_format
             elif kind != first_kind:
-                raise ValueError(f"{record.where}: a {kind} record but the first record ({first_where}) is a {first_kind} "
-                                 "record: a file holds preference pairs or prompt-completion examples, not both")
+                raise ValueError(f"{record.where}: a {kind} record but the first record ({first_where}) is a "
+                                 f"{first_kind} record: a file holds preference pairs or prompt-completion examples, "
+                                 "not both")
             elif has_steps != with_steps:
                 raise ValueError(f"{record.where}: {'has' if has_steps else 'lacks'} logged reveal steps but the first "
-                                 f"record ({first_where}) {'does not' if has_steps else 'does'}: give them for every record or none")
+                                 f"record ({first_where}) {'does not' if has_steps else 'does'}: give them for every "
+                                 "record or none")
             elif prompt_format != first_format:
-                raise ValueError(f"{record.where}: {PROMPT_FORMS[prompt_format]} but the first record ({first_where}) has "
-                                 f"{PROMPT_FORMS[first_format]}: a file holds plain-text or chat prompts, not both")
+                raise ValueError(f"{record.where}: {PROMPT_FORMS[prompt_format]} but the first record ({first_where}) "
+                                 f"has {PROMPT_FORMS[first_format]}: a file holds plain-text or chat prompts, not both")
             pair, outcome = fit(tokenize_record(record, encoder, counts["kept"]), settings, record.where)
             if outcome != "kept":
                 counts[outcome] += 1
@@ -207,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     from dtrpo_mega.data.indexed import PreferenceDataset
 
     parser = argparse.ArgumentParser(description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="preference or prompt-completion records, one JSON object per line")
-    parser.add_argument("--tokenizer", required=True, help="SentencePiece .model, tokenizer.json, or a folder holding one")
+    parser.add_argument("--input", required=True,
+                        help="preference or prompt-completion records, one JSON object per line")
+    parser.add_argument("--tokenizer", required=True,
+                        help="SentencePiece .model, tokenizer.json, or a folder holding one")
     parser.add_argument("--family", required=True, choices=family_names(), help="model family (chat template)")
     parser.add_argument("--output", required=True, help="output prefix")
     parser.add_argument("--max-length", type=int, required=True, help="max tokens of prompt + longer response")

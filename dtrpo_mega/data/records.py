@@ -27,7 +27,8 @@ from pathlib import Path
 
 ROLES = ("system", "user", "assistant")
 RESPONSES = ("chosen", "rejected")
-FORMS = "a preference record holds 'prompt', 'chosen' and 'rejected', a prompt-completion record 'prompt' and 'completion'"
+FORMS = ("a preference record holds 'prompt', 'chosen' and 'rejected', a prompt-completion record 'prompt' and "
+         "'completion'")
 MAX_STEP = 2**31  # steps are stored as int32
 
 
@@ -142,7 +143,8 @@ def parse_record(line: str, where: str) -> PreferenceRecord:
         return PreferenceRecord(where, prompt, *responses, *steps, *_tails(obj, where, steps[0] is not None))
     for key in ("completion_steps", "chosen_steps", "rejected_steps", "chosen_tail", "rejected_tail"):
         if obj.get(key) is not None:
-            raise ValueError(f"{where}: {key!r} is given, but a prompt-completion record carries no logged reveal steps")
+            raise ValueError(f"{where}: {key!r} is given, but a prompt-completion record carries no logged "
+                             "reveal steps")
     return PreferenceRecord(where, prompt, responses[0], None)
 
 
@@ -182,7 +184,8 @@ def _plain_response(value, key: str, where: str) -> str:
 
 def _chat_response(value, key: str, where: str) -> str:
     if not (isinstance(value, list) and len(value) == 1):
-        raise ValueError(f"{where}: '{key}' must be a list holding one assistant message when 'prompt' is a list of messages")
+        raise ValueError(f"{where}: '{key}' must be a list holding one assistant message when 'prompt' is a list of "
+                         "messages")
     message = _message(value[0], f"{key}[0]", where)
     if message.role != "assistant":
         raise ValueError(f"{where}: {key}[0] must have role 'assistant', got {message.role!r}")

@@ -20,7 +20,8 @@ import numpy as np
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>",
                   "<|eot_id|>", "<|begin_of_text|>", "<|startoftext|>"]
-WORDS = ["system", "user", "assistant", "count", "up", "from", ":", "<unk>"] + [str(i) for i in range(100)] + ["sort", "reverse"]
+WORDS = (["system", "user", "assistant", "count", "up", "from", ":", "<unk>"] + [str(i) for i in range(100)]
+         + ["sort", "reverse"])
 NUMBERS = 100  # the tokenizer's numbers are 0 .. 99
 
 

@@ -62,11 +62,11 @@ class TokenLayout:
     """Attention metadata of one micro-batch; the model receives it as its `attention_mask`.
 
     positions [b, s] rotary positions; noisy [b, s] noisy-half flags; segments [b, s] sample ids
-    (0 = padding); origins [b, s] each token's block origin (None: all 0), all over the whole row. Under context parallelism a rank holds only some of
-    the row's tokens: `query_index` [s_q] names them (its queries, in its local order) and
-    `key_index` [s_k] the order of the keys after the all-gather of K/V over the CP group; `None`
-    means the whole row in order. Derived tensors (dense mask, flex block mask, rotary tables)
-    are built once per micro-batch and shared by all layers.
+    (0 = padding); origins [b, s] each token's block origin (None: all 0), all over the whole row.
+    Under context parallelism a rank holds only some of the row's tokens: `query_index` [s_q] names
+    them (its queries, in its local order) and `key_index` [s_k] the order of the keys after the
+    all-gather of K/V over the CP group; `None` means the whole row in order. Derived tensors (dense
+    mask, flex block mask, rotary tables) are built once per micro-batch and shared by all layers.
     """
 
     positions: Tensor
@@ -83,10 +83,12 @@ class TokenLayout:
     def __post_init__(self):
         shape = self.positions.shape
         origins = self.origins if self.origins is not None else self.positions
-        if self.positions.dim() != 2 or self.noisy.shape != shape or self.segments.shape != shape or origins.shape != shape:
+        if (self.positions.dim() != 2 or self.noisy.shape != shape or self.segments.shape != shape
+                or origins.shape != shape):
             raise ValueError(
                 f"TokenLayout tensors must all be [batch, seq]; got positions {tuple(shape)}, "
-                f"noisy {tuple(self.noisy.shape)}, segments {tuple(self.segments.shape)}, origins {tuple(origins.shape)}"
+                f"noisy {tuple(self.noisy.shape)}, segments {tuple(self.segments.shape)}, origins "
+                f"{tuple(origins.shape)}"
             )
         if self.variant != MaskVariant.BLOCK_DIFFUSION and bool(self.noisy.any()):
             raise ValueError(f"variant {self.variant.value!r} has no noisy half")
@@ -146,7 +148,8 @@ class TokenLayout:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return TokenLayout(
             self.positions.to(device), self.noisy.to(device), self.segments.to(device),
-            self.variant, self.block_size, self.kv_cache, move(self.query_index), move(self.key_index), move(self.origins),
+            self.variant, self.block_size, self.kv_cache, move(self.query_index), move(self.key_index),
+            move(self.origins),
         )
 
 
@@ -165,7 +168,8 @@ def noisy_start(prompt_len: int, block_size: int, origin: int = 0) -> int:
     return origin + (prompt_len - origin) // block_size * block_size
 
 
-def block_diffusion_sample(noisy_tokens: Tensor, clean_tokens: Tensor, prompt_len: int, block_size: int, origin: int = 0) -> PackedSample:
+def block_diffusion_sample(noisy_tokens: Tensor, clean_tokens: Tensor, prompt_len: int, block_size: int,
+                           origin: int = 0) -> PackedSample:
     """The `[z~ ; y0]` sequence of one sample.
 
     The noisy half starts at the block holding the first response token: blocks made only of
@@ -190,7 +194,8 @@ def plain_sample(tokens: Tensor, origin: int = 0) -> PackedSample:
     return PackedSample(tokens, torch.arange(n), torch.zeros(n, dtype=torch.bool), origin)
 
 
-def collate(samples: list[PackedSample], variant: MaskVariant, block_size: int, pad_id: int, pad_to_multiple: int = 1) -> tuple[Tensor, TokenLayout]:
+def collate(samples: list[PackedSample], variant: MaskVariant, block_size: int, pad_id: int,
+            pad_to_multiple: int = 1) -> tuple[Tensor, TokenLayout]:
     """Right-pad samples to a common length; each sample is its own segment (1..b)."""
     length = max(s.tokens.numel() for s in samples)
     length = -(-length // pad_to_multiple) * pad_to_multiple
@@ -202,5 +207,6 @@ def collate(samples: list[PackedSample], variant: MaskVariant, block_size: int, 
     origins = torch.zeros((b, length), dtype=torch.long)
     for i, s in enumerate(samples):
         n = s.tokens.numel()
-        tokens[i, :n], positions[i, :n], noisy[i, :n], segments[i, :n], origins[i, :n] = s.tokens, s.positions, s.noisy, i + 1, s.origin
+        tokens[i, :n], positions[i, :n], noisy[i, :n], segments[i, :n], origins[i, :n] = (
+            s.tokens, s.positions, s.noisy, i + 1, s.origin)
     return tokens, TokenLayout(positions, noisy, segments, variant, block_size, origins=origins)

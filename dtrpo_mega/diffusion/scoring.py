@@ -80,7 +80,8 @@ class SequenceSpec:
         return len(self.tokens) - self.masked_tail
 
 
-def trajectory_steps(seq: SequenceSpec, spec: DiffusionSpec, sched: SchedulerConfig, rng: np.random.Generator) -> np.ndarray:
+def trajectory_steps(seq: SequenceSpec, spec: DiffusionSpec, sched: SchedulerConfig,
+                     rng: np.random.Generator) -> np.ndarray:
     """Per-position step within its block by the configured scheduler mode (-1: prompt, masked tail)."""
     n, origin = seq.revealed_length, spec.origin(seq.prompt_len)
     if sched.mode == SchedulerMode.LOGGED:
@@ -89,7 +90,8 @@ def trajectory_steps(seq: SequenceSpec, spec: DiffusionSpec, sched: SchedulerCon
         steps = logged_steps(seq.prompt_len, n, spec.block_size, seq.reveal_steps, origin)
     else:
         if sched.order == RevealOrder.REF_CONFIDENCE and seq.confidence is None:
-            raise ValueError(f"scheduler.order=ref_confidence but sample {seq.index} has no reference confidences (data.ref_confidence)")
+            raise ValueError(f"scheduler.order=ref_confidence but sample {seq.index} has no reference confidences "
+                             "(data.ref_confidence)")
         first_own = spec.logits_shift if sched.first_token_own_step is None else sched.first_token_own_step
         steps = inference_aligned_steps(
             seq.prompt_len, n, spec.block_size, sched.sub_block_size or spec.sub_block_size,
@@ -98,16 +100,19 @@ def trajectory_steps(seq: SequenceSpec, spec: DiffusionSpec, sched: SchedulerCon
     return np.concatenate([steps, np.full(seq.masked_tail, -1, dtype=np.int64)])
 
 
-def plan_rows(seq: SequenceSpec, spec: DiffusionSpec, sched: SchedulerConfig, objective: Objective, seed: int, epoch: int,
-              vrpo_samples: int = 8, layout: ScoringLayout = ScoringLayout.ONE_PASS, sft: SFTConvention = ELBO) -> list[Remasked]:
+def plan_rows(seq: SequenceSpec, spec: DiffusionSpec, sched: SchedulerConfig, objective: Objective, seed: int,
+              epoch: int, vrpo_samples: int = 8, layout: ScoringLayout = ScoringLayout.ONE_PASS,
+              sft: SFTConvention = ELBO) -> list[Remasked]:
     """The re-masked rows of one sequence; a pure function of (seed, epoch, index, role)."""
     rng = sample_rng(seed, epoch, seq.index, seq.role)
-    tokens, p, k, mask, origin = seq.tokens, seq.prompt_len, spec.block_size, spec.mask_token_id, spec.origin(seq.prompt_len)
+    tokens, p, k, mask, origin = (seq.tokens, seq.prompt_len, spec.block_size, spec.mask_token_id,
+                                  spec.origin(seq.prompt_len))
     per_block = layout == ScoringLayout.PER_BLOCK
     revealed = tokens[: seq.revealed_length]
 
     def random_row(one_t: bool) -> Remasked:
-        return _with_tail(remask_random(revealed, p, k, mask, sched, rng, origin, one_t=one_t or per_block), seq.masked_tail, mask)
+        return _with_tail(remask_random(revealed, p, k, mask, sched, rng, origin, one_t=one_t or per_block),
+                          seq.masked_tail, mask)
 
     if objective == Objective.SFT:
         return sft_rows(random_row(sft.one_t), seq, mask, sft)
@@ -127,14 +132,16 @@ def plan_rows(seq: SequenceSpec, spec: DiffusionSpec, sched: SchedulerConfig, ob
         rows = [remask_at_steps(tokens, steps, p, k, mask, sched, sample_steps(steps, p, k, rng, origin), origin)]
     else:
         rows = exact_rows(tokens, steps, mask)
-    return [r for row in rows for r in per_block_rows(row, tokens, response_blocks(p, len(tokens), k, origin), mask)] if per_block else rows
+    return ([r for row in rows for r in per_block_rows(row, tokens, response_blocks(p, len(tokens), k, origin), mask)]
+            if per_block else rows)
 
 
 def _with_tail(row: Remasked, tail: int, mask_id: int) -> Remasked:
     """A row of the revealed tokens, extended by the masked tail (unscored)."""
     if not tail:
         return row
-    return Remasked(np.concatenate([row.noisy, np.full(tail, mask_id, dtype=row.noisy.dtype)]), np.concatenate([row.weights, np.zeros(tail)]))
+    return Remasked(np.concatenate([row.noisy, np.full(tail, mask_id, dtype=row.noisy.dtype)]),
+                    np.concatenate([row.weights, np.zeros(tail)]))
 
 
 def sft_rows(row: Remasked, seq: SequenceSpec, mask_id: int, sft: SFTConvention) -> list[Remasked]:
@@ -189,7 +196,8 @@ def mean_field_row(tokens: np.ndarray, prompt_len: int, mask_id: int, end: int) 
     return Remasked(noisy, weights, context=noisy)
 
 
-def logit_index(position: int, length: int, prompt_len: int, spec: DiffusionSpec, first_token: FirstTokenRule = FirstTokenRule.DECODER) -> int:
+def logit_index(position: int, length: int, prompt_len: int, spec: DiffusionSpec,
+                first_token: FirstTokenRule = FirstTokenRule.DECODER) -> int:
     """Index in the `[z~ ; y0]` row of the logit that scores the token at `position`.
 
     Without shift: its own noisy copy. With shift (Fast-dLLM v2, Dream): the logit at position-1,
@@ -206,8 +214,10 @@ def logit_index(position: int, length: int, prompt_len: int, spec: DiffusionSpec
     return (length - start) + position - 1
 
 
-def scoring_row(clean: np.ndarray, row: Remasked, prompt_len: int, spec: DiffusionSpec, layout: ScoringLayout = ScoringLayout.ONE_PASS,
-                first_token: FirstTokenRule = FirstTokenRule.DECODER) -> tuple[PackedSample, torch.Tensor, torch.Tensor]:
+def scoring_row(
+    clean: np.ndarray, row: Remasked, prompt_len: int, spec: DiffusionSpec,
+    layout: ScoringLayout = ScoringLayout.ONE_PASS, first_token: FirstTokenRule = FirstTokenRule.DECODER,
+) -> tuple[PackedSample, torch.Tensor, torch.Tensor]:
     """The row's sample (`[z~ ; y0]`, or plain for `per_block`) with labels and weights aligned to
     the logits that score them."""
     n, origin = len(clean), spec.origin(prompt_len)
@@ -218,7 +228,8 @@ def scoring_row(clean: np.ndarray, row: Remasked, prompt_len: int, spec: Diffusi
         index = lambda position: position - int(spec.logits_shift)  # noqa: E731
     else:
         context = clean if row.context is None else row.context
-        sample = block_diffusion_sample(torch.from_numpy(row.noisy), torch.from_numpy(context), prompt_len, spec.block_size, origin)
+        sample = block_diffusion_sample(torch.from_numpy(row.noisy), torch.from_numpy(context), prompt_len,
+                                        spec.block_size, origin)
         index = lambda position: logit_index(position, n, prompt_len, spec, first_token)  # noqa: E731
     labels = torch.zeros(sample.tokens.numel(), dtype=torch.long)
     weights = torch.zeros(sample.tokens.numel(), dtype=torch.float64)

@@ -51,11 +51,13 @@ class SchedulerConfig:
     random_mask_eps: float = 1e-3
 
     def __post_init__(self):
-        for name, enum in (("mode", SchedulerMode), ("order", RevealOrder), ("step_weight", StepWeight), ("reduction", Reduction)):
+        for name, enum in (("mode", SchedulerMode), ("order", RevealOrder), ("step_weight", StepWeight),
+                           ("reduction", Reduction)):
             try:
                 object.__setattr__(self, name, enum(getattr(self, name)))
             except ValueError:
-                raise ValueError(f"scheduler.{name}={getattr(self, name)!r}; choose from {[e.value for e in enum]}") from None
+                raise ValueError(f"scheduler.{name}={getattr(self, name)!r}; choose from "
+                                 f"{[e.value for e in enum]}") from None
         if self.tokens_per_step < 1:
             raise ValueError(f"scheduler.tokens_per_step must be >= 1, got {self.tokens_per_step}")
         if not 0 < self.random_mask_eps < 1:
@@ -71,7 +73,8 @@ def response_blocks(prompt_len: int, length: int, block_size: int, origin: int =
     """Positions of the response tokens of each block that holds any; blocks start at `origin` mod
     block_size (`DiffusionSpec.origin`)."""
     first, end = (prompt_len - origin) // block_size, -(-(length - origin) // block_size)
-    return [range(max(origin + b * block_size, prompt_len), min(origin + (b + 1) * block_size, length)) for b in range(first, end)]
+    return [range(max(origin + b * block_size, prompt_len), min(origin + (b + 1) * block_size, length))
+            for b in range(first, end)]
 
 
 def inference_aligned_steps(
@@ -107,7 +110,8 @@ def inference_aligned_steps(
     return steps
 
 
-def logged_steps(prompt_len: int, length: int, block_size: int, reveal_steps: np.ndarray, origin: int = 0) -> np.ndarray:
+def logged_steps(prompt_len: int, length: int, block_size: int, reveal_steps: np.ndarray,
+                 origin: int = 0) -> np.ndarray:
     """Per-position step within its block from logged reveal steps (one per response token).
 
     Logged steps may count globally or per block; tokens revealed at the same logged step share
@@ -138,8 +142,8 @@ def steps_per_block(steps: np.ndarray, prompt_len: int, block_size: int, origin:
     return [int(steps[np.asarray(b)].max()) + 1 for b in response_blocks(prompt_len, len(steps), block_size, origin)]
 
 
-def remask_at_steps(tokens: np.ndarray, steps: np.ndarray, prompt_len: int, block_size: int, mask_id: int, cfg: SchedulerConfig,
-                    chosen: list[int], origin: int = 0) -> Remasked:
+def remask_at_steps(tokens: np.ndarray, steps: np.ndarray, prompt_len: int, block_size: int, mask_id: int,
+                    cfg: SchedulerConfig, chosen: list[int], origin: int = 0) -> Remasked:
     """Block b at the state just before its step chosen[b]; that step's tokens scored with S_b."""
     noisy, weights = tokens.copy(), np.zeros(len(tokens), dtype=np.float64)
     blocks = response_blocks(prompt_len, len(tokens), block_size, origin)
@@ -152,13 +156,14 @@ def remask_at_steps(tokens: np.ndarray, steps: np.ndarray, prompt_len: int, bloc
     return Remasked(noisy, weights)
 
 
-def sample_steps(steps: np.ndarray, prompt_len: int, block_size: int, rng: np.random.Generator, origin: int = 0) -> list[int]:
+def sample_steps(steps: np.ndarray, prompt_len: int, block_size: int, rng: np.random.Generator,
+                 origin: int = 0) -> list[int]:
     """s_b ~ U{0..S_b-1} for every block."""
     return [int(rng.integers(n)) for n in steps_per_block(steps, prompt_len, block_size, origin)]
 
 
-def remask_random(tokens: np.ndarray, prompt_len: int, block_size: int, mask_id: int, cfg: SchedulerConfig, rng: np.random.Generator,
-                  origin: int = 0, one_t: bool = False) -> Remasked:
+def remask_random(tokens: np.ndarray, prompt_len: int, block_size: int, mask_id: int, cfg: SchedulerConfig,
+                  rng: np.random.Generator, origin: int = 0, one_t: bool = False) -> Remasked:
     """MDLM / BD3-LM style: per block (or, `one_t`, once for the whole response: LLaDA, SDAR) t ~ U(eps, 1),
     mask each token with probability t, and score every masked token with weight 1/t (the
     Rao-Blackwellized ELBO difference)."""

@@ -9,5 +9,6 @@ from dtrpo_mega.eval.report import Outcome, TaskResult, table, write_json
 from dtrpo_mega.eval.runner import Responder, run_task
 from dtrpo_mega.eval.tasks import Example, Score, TaskKind, program, read_examples, score
 
-__all__ = ["ExecResult", "Example", "Limits", "Outcome", "Responder", "Score", "TaskKind", "TaskResult", "canonical_number",
-           "extract_choice", "extract_number", "program", "read_examples", "run_code", "run_task", "score", "table", "write_json"]
+__all__ = ["ExecResult", "Example", "Limits", "Outcome", "Responder", "Score", "TaskKind", "TaskResult",
+           "canonical_number", "extract_choice", "extract_number", "program", "read_examples", "run_code", "run_task",
+           "score", "table", "write_json"]

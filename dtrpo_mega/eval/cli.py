@@ -15,23 +15,31 @@ from dtrpo_mega.models.families import get_family
 
 
 def add_decoder_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="dtrpo checkpoint (model folder / iter_* / training root) or Hugging Face folder")
-    parser.add_argument("--tokenizer", help="tokenizer.json, tokenizer.model, or a folder holding one (default: the one "
+    parser.add_argument("--ckpt", required=True,
+                        help="dtrpo checkpoint (model folder / iter_* / training root) or Hugging Face folder")
+    parser.add_argument("--tokenizer",
+                        help="tokenizer.json, tokenizer.model, or a folder holding one (default: the one "
                         "in a Hugging Face --ckpt, else the one a training checkpoint's data was made with)")
-    parser.add_argument("--threshold", type=float, help="reveal every position above this confidence (default: the family's rule)")
-    parser.add_argument("--tokens-per-step", type=int, help="fixed reveals per step instead of the threshold (default: the family's rule)")
+    parser.add_argument("--threshold", type=float,
+                        help="reveal every position above this confidence (default: the family's rule)")
+    parser.add_argument("--tokens-per-step", type=int,
+                        help="fixed reveals per step instead of the threshold (default: the family's rule)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     prompt_format = parser.add_mutually_exclusive_group()
-    prompt_format.add_argument("--plain", action="store_true", help="render text prompts as plain text after BOS, without the chat "
-                               "template's turns (default: as the training data's prompts, found through a training checkpoint's "
-                               "trainer.json; else chat)")
-    prompt_format.add_argument("--chat", action="store_true", help="render text prompts as one user turn of the chat template")
-    parser.add_argument("--no-kv-cache", action="store_true", help="block diffusion: recompute finished blocks instead of caching them")
-    parser.add_argument("--mask-token-id", type=int, help="Hugging Face source only: mask token id when config.json has none")
+    prompt_format.add_argument("--plain", action="store_true",
+                               help="render text prompts as plain text after BOS, without the chat "
+                               "template's turns (default: as the training data's prompts, found through a training "
+                               "checkpoint's trainer.json; else chat)")
+    prompt_format.add_argument("--chat", action="store_true",
+                               help="render text prompts as one user turn of the chat template")
+    parser.add_argument("--no-kv-cache", action="store_true",
+                        help="block diffusion: recompute finished blocks instead of caching them")
+    parser.add_argument("--mask-token-id", type=int,
+                        help="Hugging Face source only: mask token id when config.json has none")
 
 
 @dataclass
@@ -58,7 +66,8 @@ def build_decoder(args: argparse.Namespace) -> Decoder:
     check_tokenizer_fits(tokenizer, cfg.vocab_size, args.ckpt)
     prompt_format, why = choose_prompt_format(args.ckpt, args.plain, args.chat)
     print(why, flush=True)
-    renderer = PromptRenderer.for_family(cfg.family, tokenizer, plain=prompt_format == "plain", vocab_size=cfg.vocab_size)
+    renderer = PromptRenderer.for_family(cfg.family, tokenizer, plain=prompt_format == "plain",
+                                         vocab_size=cfg.vocab_size)
     rule = get_family(cfg.family).decoding  # unless either option is given
     per_step = rule.tokens_per_step if args.threshold is None and args.tokens_per_step is None else args.tokens_per_step
     decode = DecodeConfig(args.max_new_tokens, rule.threshold if args.threshold is None else args.threshold, per_step,

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code-timeout", type=float, default=10.0, help="wall-clock seconds per code run")
     parser.add_argument("--code-memory-mb", type=int, default=1024, help="address-space limit per code run")
     args = parser.parse_args(argv)
-    limits = Limits(wall_seconds=args.code_timeout, cpu_seconds=max(1, int(args.code_timeout)), memory_bytes=args.code_memory_mb << 20)
+    limits = Limits(wall_seconds=args.code_timeout, cpu_seconds=max(1, int(args.code_timeout)),
+                    memory_bytes=args.code_memory_mb << 20)
     if not args.tasks and not args.pairs:
         parser.error("give --tasks and/or --pairs")
     if args.pairs and not args.reference:
@@ -81,6 +82,8 @@ def pairwise(args, policy):
     reference = load_for_decoding(args.reference, args.dtype)
     dataset = DataConfig(path=args.pairs).open(cfg)
     rows = RowBuilder(cfg, SchedulerConfig(), Objective.DTRPO, seed=args.pair_seed)
-    result = preference_accuracy(policy, reference, dataset, rows, beta=args.beta, draws=args.draws, batch_pairs=args.batch_size)
-    print(f"pairwise preference: {result.accuracy:.4f} of {result.pairs} pairs ranked, mean reward margin {result.mean_margin:+.4f} ({result.draws} draws)")
+    result = preference_accuracy(policy, reference, dataset, rows, beta=args.beta, draws=args.draws,
+                                 batch_pairs=args.batch_size)
+    print(f"pairwise preference: {result.accuracy:.4f} of {result.pairs} pairs ranked, mean reward margin "
+          f"{result.mean_margin:+.4f} ({result.draws} draws)")
     return result.task_result(f"pairs:{Path(args.pairs).name}")

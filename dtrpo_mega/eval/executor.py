@@ -36,12 +36,13 @@ from posix import getpid, readlink
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 # event: the (path, dir_fd) positions of what it changes; a path may be an open descriptor, dir_fd None or < 0 means cwd
-CHANGES = {"os.remove": ((0, 1),), "os.rmdir": ((0, 1),), "os.mkdir": ((0, 2),), "os.mkfifo": ((0, 2),), "os.mknod": ((0, 3),),
-           "os.chmod": ((0, 2),), "os.chown": ((0, 3),), "os.utime": ((0, 3),), "os.truncate": ((0, None),), "os.setxattr": ((0, None),),
-           "os.removexattr": ((0, None),), "os.rename": ((0, 2), (1, 3)), "os.link": ((0, 2), (1, 3)), "os.symlink": ((0, None), (1, 2)),
+CHANGES = {"os.remove": ((0, 1),), "os.rmdir": ((0, 1),), "os.mkdir": ((0, 2),), "os.mkfifo": ((0, 2),),
+           "os.mknod": ((0, 3),), "os.chmod": ((0, 2),), "os.chown": ((0, 3),), "os.utime": ((0, 3),),
+           "os.truncate": ((0, None),), "os.setxattr": ((0, None),), "os.removexattr": ((0, None),),
+           "os.rename": ((0, 2), (1, 3)), "os.link": ((0, 2), (1, 3)), "os.symlink": ((0, None), (1, 2)),
            "shutil.rmtree": ((0, 1),), "shutil.move": ((0, None), (1, None)), "shutil.copyfile": ((1, None),)}
-BANNED = frozenset({"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "pty.spawn",
-                    "ctypes.dlopen", "ctypes.dlsym", "os.chdir", "os.killpg"})
+BANNED = frozenset({"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
+                    "pty.spawn", "ctypes.dlopen", "ctypes.dlsym", "os.chdir", "os.killpg"})
 SELF_ONLY = frozenset({"os.kill", "resource.prlimit"})  # allowed on pid 0 or the task's own pid
 UNAUDITED = ("setsid", "setpgid", "setpgrp", "pidfd_open")  # raise no audit event: replaced in os and posix
 
@@ -75,7 +76,8 @@ def confine(root):
             if path is None or isinstance(path, int):
                 return  # an already open descriptor keeps its access mode
             writing = (mode is not None and any(c in mode for c in "wax+")) or bool((flags or 0) & WRITE_FLAGS)
-            if (writing or (mode is None and isdir(path))) and not inside(path):  # os.open of a folder would give a dir_fd
+            # os.open of a folder would give a dir_fd
+            if (writing or (mode is None and isdir(path))) and not inside(path):
                 refuse(f"opening {path!r} outside its folder")
         elif event in CHANGES:
             for at, fd_at in CHANGES[event]:
@@ -107,7 +109,8 @@ def main(path, config):
 main(sys.argv[1], json.loads(sys.argv[2]))
 '''
 
-PYTHON = os.environ.get("DTRPO_SANDBOX_PYTHON") or sys.executable  # the own-uid layer needs one an unprivileged uid can read
+# the own-uid layer needs one an unprivileged uid can read
+PYTHON = os.environ.get("DTRPO_SANDBOX_PYTHON") or sys.executable
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 UNSHARE = ("--net", "--pid", "--mount-proc", "--fork", "--kill-child")
 AS_USER = ("--user", "--map-root-user")  # without root, the namespaces need a user namespace of their own
@@ -121,7 +124,8 @@ os.setresuid(uid, uid, uid)
 with contextlib.suppress(ProcessLookupError):  # none left
     os.kill(-1, signal.SIGKILL)  # every process of the uid but this one
 """
-PROBE = "import os, sys\nsys.exit(any(not os.access(p, os.R_OK | os.X_OK) for p in sys.path if not p.endswith('.zip')))\n"
+PROBE = ("import os, sys\n"
+         "sys.exit(any(not os.access(p, os.R_OK | os.X_OK) for p in sys.path if not p.endswith('.zip')))\n")
 
 
 @dataclass(frozen=True)
@@ -143,13 +147,15 @@ class ExecResult:
 
 
 def run_code(code: str, limits: Limits = Limits()) -> ExecResult:
-    """Run `code` as a script in a fresh sandbox folder, with every layer this machine allows; passed means exit status 0 in time."""
+    """Run `code` as a script in a fresh sandbox folder, with every layer this machine allows; passed means
+    exit status 0 in time."""
     return _run(code, limits, _layers())
 
 
 @functools.cache
 def _layers() -> tuple[str, ...]:
-    """The strongest set of optional layers under which the sandbox starts and can read its interpreter's files; probed once per process."""
+    """The strongest set of optional layers under which the sandbox starts and can read its interpreter's
+    files; probed once per process."""
     uid = ("uid",) if os.geteuid() == 0 else ()
     ns = ("netns", "pidns") if shutil.which("unshare", path=ENV["PATH"]) else ()
     for layers in dict.fromkeys(c for c in (uid + ns, uid, ns) if c):
@@ -161,25 +167,30 @@ def _layers() -> tuple[str, ...]:
 
 def _run(code: str, limits: Limits, layers: tuple[str, ...]) -> ExecResult:
     uid = ID_BASE + secrets.randbelow(ID_SPAN) if "uid" in layers else None
-    with tempfile.TemporaryDirectory(prefix="dtrpo_exec_") as tmp, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (tempfile.TemporaryDirectory(prefix="dtrpo_exec_") as tmp, tempfile.TemporaryFile() as out,
+          tempfile.TemporaryFile() as err):
         root = _folder(Path(tmp).resolve(), uid)
         (root / "guard.py").write_text(GUARD)
         (root / "solution.py").write_text(code)
-        rlimits = {"RLIMIT_CPU": limits.cpu_seconds, "RLIMIT_AS": limits.memory_bytes, "RLIMIT_FSIZE": limits.file_bytes, "RLIMIT_CORE": 0}
+        rlimits = {"RLIMIT_CPU": limits.cpu_seconds, "RLIMIT_AS": limits.memory_bytes,
+                   "RLIMIT_FSIZE": limits.file_bytes, "RLIMIT_CORE": 0}
         if uid is not None:
             rlimits["RLIMIT_NPROC"] = NPROC
-        argv = [PYTHON, "-I", "-B", str(root / "guard.py"), str(root / "solution.py"), json.dumps({"rlimits": rlimits, "uid": uid})]
+        argv = [PYTHON, "-I", "-B", str(root / "guard.py"), str(root / "solution.py"),
+                json.dumps({"rlimits": rlimits, "uid": uid})]
         if "pidns" in layers:
             argv = ["unshare", *(AS_USER if os.geteuid() else ()), *UNSHARE, "--", *argv]
-        proc = subprocess.Popen(argv, cwd=root, env={**ENV, "HOME": str(root), "TMPDIR": str(root)}, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err, start_new_session=True)
+        proc = subprocess.Popen(argv, cwd=root, env={**ENV, "HOME": str(root), "TMPDIR": str(root)},
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
         finished = _exited(proc.pid, limits.wall_seconds)
         _stop(proc, uid)
-        return ExecResult(finished and proc.returncode == 0, proc.returncode if finished else None, not finished, _text(out), _text(err), layers)
+        return ExecResult(finished and proc.returncode == 0, proc.returncode if finished else None, not finished,
+                          _text(out), _text(err), layers)
 
 
 def _folder(tmp: Path, uid: int | None) -> Path:
-    """tmp/work, the task's folder; with an own uid, owned by it while tmp stays root's (others may only pass through)."""
+    """tmp/work, the task's folder; with an own uid, owned by it while tmp stays root's (others may only pass
+    through)."""
     root = tmp / "work"
     root.mkdir(mode=0o700)
     if uid is not None:
@@ -203,7 +214,8 @@ def _stop(proc: subprocess.Popen, uid: int | None) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     if uid is not None:
-        subprocess.run([PYTHON, "-I", "-S", "-c", KILL_ALL, str(uid)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=30, check=True)
+        subprocess.run([PYTHON, "-I", "-S", "-c", KILL_ALL, str(uid)], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, timeout=30, check=True)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
 

@@ -75,8 +75,8 @@ class DtrpoLM(LM):
         super().__init__()
         if not str(batch_size).isdigit() or int(batch_size) < 1:
             raise ValueError(f"dtrpo_mega: batch_size must be a positive number, got {batch_size!r}")
-        argv = ["--ckpt", str(pretrained), *(["--tokenizer", str(tokenizer)] if tokenizer else []), "--batch-size", str(batch_size), "--max-new-tokens", str(max_new_tokens), "--dtype", dtype,
-                "--seed", str(seed)]
+        argv = ["--ckpt", str(pretrained), *(["--tokenizer", str(tokenizer)] if tokenizer else []), "--batch-size",
+                str(batch_size), "--max-new-tokens", str(max_new_tokens), "--dtype", dtype, "--seed", str(seed)]
         options = {"--threshold": threshold, "--tokens-per-step": tokens_per_step, "--mask-token-id": mask_token_id}
         argv += [item for flag, value in options.items() if value is not None for item in (flag, str(value))]
         argv += [flag for flag, on in (("--plain", plain), ("--chat", chat), ("--no-kv-cache", not kv_cache)) if on]

@@ -37,7 +37,8 @@ def _sums(model, rows: ScoredRows) -> torch.Tensor:
         return rows.sequence_sums(-model(rows.tokens, rows.layout, labels=rows.labels))
 
 
-def preference_accuracy(policy, reference, dataset: PreferenceDataset, rows: RowBuilder, beta: float, draws: int = 4, batch_pairs: int = 4) -> PreferenceResult:
+def preference_accuracy(policy, reference, dataset: PreferenceDataset, rows: RowBuilder, beta: float, draws: int = 4,
+                        batch_pairs: int = 4) -> PreferenceResult:
     """Single process (TP = PP = 1): both models whole on this rank."""
     n = len(dataset)
     log_ratio = torch.zeros(n, 2, dtype=torch.float64)

@@ -19,7 +19,8 @@ if TYPE_CHECKING:  # decoding pulls in megatron-core; evaluation's own modules d
 Responder = Callable[[list[Prompt]], list[str]]  # prompts -> response texts
 
 
-def run_task(name: str, examples: list[Example], respond: Responder, batch_size: int, limits: Limits = Limits()) -> TaskResult:
+def run_task(name: str, examples: list[Example], respond: Responder, batch_size: int,
+             limits: Limits = Limits()) -> TaskResult:
     """One response per example (greedy or sampled): exact match, or pass@1 for code."""
     kinds = {e.kind.value for e in examples}
     result = TaskResult(name, kinds.pop() if len(kinds) == 1 else "mixed")

@@ -60,8 +60,8 @@ def read_examples(path: str | Path) -> list[Example]:
             prompt = obj["prompt"]
             if not isinstance(prompt, str):
                 prompt = tuple(Message(m["role"], m["content"]) for m in prompt)
-            example = Example(str(obj.get("id", number)), prompt, kind, str(obj.get("answer", "")), obj.get("choices", "ABCD"),
-                              obj.get("tests", ""), obj.get("prefix", ""))
+            example = Example(str(obj.get("id", number)), prompt, kind, str(obj.get("answer", "")),
+                              obj.get("choices", "ABCD"), obj.get("tests", ""), obj.get("prefix", ""))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{where}: not an evaluation example ({type(err).__name__}: {err})") from None
         if kind == TaskKind.CODE and not example.tests:

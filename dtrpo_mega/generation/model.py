@@ -107,7 +107,8 @@ def training_prompt_format(path: str | Path) -> tuple[str | None, str]:
         return None, why
     found = data.metadata.get("prompt_format")
     if found not in PROMPT_FORMATS:
-        return None, f"{data.where} was preprocessed before prompt_format was recorded (preprocess it again to record it)"
+        return (None,
+                f"{data.where} was preprocessed before prompt_format was recorded (preprocess it again to record it)")
     return found, f"{data.where} has {found} prompts"
 
 
@@ -139,8 +140,9 @@ def choose_tokenizer(path: str | Path, given: str | Path | None = None) -> tuple
         return path, f"tokenizer: the one in {path}"
     found, why = training_tokenizer(path)
     if found is None:
-        raise ValueError(f"no tokenizer given, and none found for {path}: it holds no {HF_FILE} or {SENTENCEPIECE_FILE}, "
-                         f"and {why}; give one (--tokenizer, or tokenizer= in lm-eval's model_args)")
+        raise ValueError(f"no tokenizer given, and none found for {path}: it holds no {HF_FILE} or "
+                         f"{SENTENCEPIECE_FILE}, and {why}; give one (--tokenizer, or tokenizer= in lm-eval's "
+                         "model_args)")
     return found, f"tokenizer: {found}, {why}"
 
 
@@ -202,8 +204,8 @@ def check_tokenizer_fits(tokenizer: Tokenizer, vocab_size: int, model: str | Pat
     """Refuse a tokenizer whose vocabulary (added tokens included) is larger than the model's:
     its ids past the model's vocabulary would index padding rows, or past the embedding."""
     if tokenizer.vocab_size > vocab_size:
-        raise ValueError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens, more than the model's vocab_size "
-                         f"{vocab_size} ({model}): is it this model's tokenizer?")
+        raise ValueError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens, more than the model's "
+                         f"vocab_size {vocab_size} ({model}): is it this model's tokenizer?")
 
 
 def _shown(prompt: Prompt) -> str:
@@ -237,10 +239,11 @@ class PromptRenderer:
         rendered = (Message("user", prompt),) if isinstance(prompt, str) and not self.plain else prompt
         ids = self.encoder.prompt(rendered)
         if not ids:
-            raise ValueError(f"prompt {_shown(prompt)} renders to no tokens (plain text, and the {self.encoder.template.name} "
-                             "template has no BOS): a prompt needs at least one token")
+            raise ValueError(f"prompt {_shown(prompt)} renders to no tokens (plain text, and the "
+                             f"{self.encoder.template.name} template has no BOS): a prompt needs at least one token")
         if self.vocab_size is not None and max(ids) >= self.vocab_size:
-            raise ValueError(f"prompt {_shown(prompt)} has token id {max(ids)}, outside the model's vocabulary of {self.vocab_size}")
+            raise ValueError(f"prompt {_shown(prompt)} has token id {max(ids)}, outside the model's vocabulary of "
+                             f"{self.vocab_size}")
         return ids
 
     def text(self, response: list[int]) -> str:

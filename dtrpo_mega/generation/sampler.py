@@ -68,7 +68,8 @@ class Generation:
     reveal_steps: list[int]  # len(tokens) + len(tail) values
     ended: bool  # True when the answer ends with end-of-turn, False at max_new_tokens
     forward_passes: int  # decoder calls this sequence took part in
-    tail: list[int] = field(default_factory=list)  # decoded after end-of-turn: the rest of its block, or of max_new_tokens
+    # decoded after end-of-turn: the rest of its block, or of max_new_tokens
+    tail: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -112,10 +113,13 @@ class _Row:
 class Sampler:
     """Decodes batches of prompts with one model; `model(input_ids, layout) -> logits [b, s, >= vocab_size]`."""
 
-    def __init__(self, model: Forward, spec: DiffusionSpec, vocab_size: int, decode: DecodeConfig, device: torch.device | str = "cpu"):
-        self.model, self.cfg, self.vocab_size, self.decode, self.device = model, spec, vocab_size, decode, torch.device(device)
+    def __init__(self, model: Forward, spec: DiffusionSpec, vocab_size: int, decode: DecodeConfig,
+                 device: torch.device | str = "cpu"):
+        self.model, self.cfg, self.vocab_size, self.decode, self.device = (model, spec, vocab_size, decode,
+                                                                           torch.device(device))
 
-    def generate(self, prompts: list[list[int]], generator: torch.Generator | None = None) -> tuple[list[Generation], DecodeStats]:
+    def generate(self, prompts: list[list[int]],
+                 generator: torch.Generator | None = None) -> tuple[list[Generation], DecodeStats]:
         """Decode every prompt (token ids, any lengths); one model call per step serves the batch."""
         if self.cfg.logits_shift and any(len(p) < 1 for p in prompts):
             raise ValueError("a shifted-logits family needs at least one prompt token")
@@ -130,7 +134,8 @@ class Sampler:
                 for i, row in enumerate(active):
                     self._step(row, logits[i, : row.current.stop - offsets[i]], offsets[i], generator)
         out = [self._finish(r) for r in rows]
-        stats = DecodeStats(sum(len(g.tokens) for g in out), sum(g.forward_passes for g in out), calls, time.perf_counter() - start)
+        stats = DecodeStats(sum(len(g.tokens) for g in out), sum(g.forward_passes for g in out), calls,
+                            time.perf_counter() - start)
         return out, stats
 
     def _start(self, index: int, prompt: list[int]) -> _Row:
@@ -146,15 +151,18 @@ class Sampler:
         if self.cfg.attention != MaskVariant.BLOCK_DIFFUSION:
             return plain_sample(row.seq, origin)
         span = row.seq[row.cached : row.current.stop]
-        return PackedSample(span, torch.arange(row.cached, row.current.stop), torch.zeros(span.numel(), dtype=torch.bool), origin)
+        return PackedSample(span, torch.arange(row.cached, row.current.stop),
+                            torch.zeros(span.numel(), dtype=torch.bool), origin)
 
     def _forward(self, rows: list[_Row], cache: BlockKVCache | None) -> Tensor:
         """Logits [b, s, v] of each row's decoder input (row i's slot `row.cached + j` at j)."""
-        tokens, layout = collate([self._decoder_input(r) for r in rows], self.cfg.attention, self.cfg.block_size, pad_id=0)
+        tokens, layout = collate([self._decoder_input(r) for r in rows], self.cfg.attention, self.cfg.block_size,
+                                 pad_id=0)
         if cache is not None:
             # the finished blocks before the current one go into the cache once this call has used them
             done = [noisy_start(r.current.start, self.cfg.block_size, self.cfg.origin(r.prompt_len)) for r in rows]
-            layout.kv_cache = CacheCall(cache, tuple(r.index for r in rows), tuple(d - r.cached for d, r in zip(done, rows)))
+            layout.kv_cache = CacheCall(cache, tuple(r.index for r in rows),
+                                        tuple(d - r.cached for d, r in zip(done, rows)))
             for row, d in zip(rows, done):
                 row.cached = d
         return self.model(tokens.to(self.device), layout.to(self.device)).float().cpu()
@@ -206,7 +214,8 @@ class Sampler:
 
     def _close_block(self, row: _Row) -> None:
         eot = self.decode.end_of_turn_id
-        row.ended = row.ended or (eot is not None and bool((row.seq[row.current.start : row.current.stop] == eot).any()))
+        row.ended = row.ended or (eot is not None
+                                  and bool((row.seq[row.current.start : row.current.stop] == eot).any()))
         if (row.ended and self.decode.stop_at_end_of_turn) or row.block + 1 == len(row.blocks):
             row.done = True
         else:

@@ -2,7 +2,8 @@
 
 Each pair has a chosen (role 0) and a rejected (role 1) sequence. For each sequence
     l_hat = sum_tokens weight * log pi_theta  -  (the same weighted sum under the reference)
-(the weighted sums come from `ScoredRows.sequence_sums`), and per pair, with logits = l_hat_w - l_hat_l and h = beta * logits:
+(the weighted sums come from `ScoredRows.sequence_sums`), and per pair, with
+logits = l_hat_w - l_hat_l and h = beta * logits:
     sigmoid  -logsig(h) (1 - eps) - logsig(-h) eps      (eps = label_smoothing; 0: DPO)
     ipo      (l_hat_w / L_w - l_hat_l / L_l - 1 / (2 beta))^2   (L: response tokens; TRL's and the
              IPO authors' length normalization; `ipo_length_normalized=false`: logits unnormalized)
@@ -51,7 +52,8 @@ class LossConfig:
             try:
                 setattr(self, name, enum(getattr(self, name)))
             except ValueError:
-                raise ValueError(f"loss.{name}={getattr(self, name)!r}; choose from {[t.value for t in enum]}") from None
+                raise ValueError(f"loss.{name}={getattr(self, name)!r}; choose from "
+                                 f"{[t.value for t in enum]}") from None
         if self.beta <= 0:
             raise ValueError(f"loss.beta must be > 0, got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
@@ -76,7 +78,8 @@ def pair_losses(logratios: Tensor, response_lengths: Tensor, cfg: LossConfig) ->
     return torch.relu(1 - h)
 
 
-METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected", "nll")
+METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+           "logps/rejected", "nll")
 
 
 def dtrpo_loss(policy_sums: Tensor, ref_sums: Tensor, response_lengths: Tensor, cfg: LossConfig,
@@ -93,7 +96,8 @@ def dtrpo_loss(policy_sums: Tensor, ref_sums: Tensor, response_lengths: Tensor, 
     if cfg.nll_normalization == NLLNormalization.SEQUENCE:
         nll = -policy_sums[:, 0] / response_lengths[:, 0]
     else:
-        scale = pairs_per_chosen_token if pairs_per_chosen_token is not None else len(policy_sums) / float(response_lengths[:, 0].sum())
+        scale = (pairs_per_chosen_token if pairs_per_chosen_token is not None
+                 else len(policy_sums) / float(response_lengths[:, 0].sum()))
         nll = -policy_sums[:, 0] * scale
     if cfg.nll_weight:
         losses = losses + cfg.nll_weight * nll

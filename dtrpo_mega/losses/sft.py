@@ -17,7 +17,8 @@ from torch import Tensor
 from dtrpo_mega.diffusion.spec import SFTNormalizer
 
 
-def masked_diffusion_loss(policy_sums: Tensor, response_lengths: Tensor, normalizer: SFTNormalizer = SFTNormalizer.SEQUENCE_LENGTH,
+def masked_diffusion_loss(policy_sums: Tensor, response_lengths: Tensor,
+                          normalizer: SFTNormalizer = SFTNormalizer.SEQUENCE_LENGTH,
                           sequences_per_unit: float | None = None) -> tuple[Tensor, dict]:
     """(sum of per-sequence losses, summed metrics); policy_sums [n, 2], only role 0 is scored."""
     if normalizer == SFTNormalizer.SEQUENCE_LENGTH:

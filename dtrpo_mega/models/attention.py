@@ -52,7 +52,8 @@ def resolve_backend(backend: AttentionBackend | str) -> AttentionBackend:
     if backend == AttentionBackend.TE and not te_available():
         raise RuntimeError("attention backend 'te' needs CUDA and transformer_engine; use 'local' or 'flex'")
     if backend == AttentionBackend.FLEX and not flex_available():
-        raise RuntimeError(f"attention backend 'flex' needs torch.nn.attention.flex_attention (torch {torch.__version__} lacks it)")
+        raise RuntimeError("attention backend 'flex' needs torch.nn.attention.flex_attention (torch "
+                           f"{torch.__version__} lacks it)")
     return backend
 
 
@@ -112,9 +113,11 @@ class DLLMCoreAttention(MegatronModule):
             layer_number=layer_number,
         )
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, attention_mask: TokenLayout, attn_mask_type=None, attention_bias=None, packed_seq_params=None) -> Tensor:
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, attention_mask: TokenLayout, attn_mask_type=None,
+                attention_bias=None, packed_seq_params=None) -> Tensor:
         if not isinstance(attention_mask, TokenLayout):
-            raise TypeError(f"DLLM attention expects a TokenLayout as attention_mask, got {type(attention_mask).__name__}")
+            raise TypeError("DLLM attention expects a TokenLayout as attention_mask, got "
+                            f"{type(attention_mask).__name__}")
         if attention_bias is not None or packed_seq_params is not None:
             raise ValueError("attention_bias / packed_seq_params are expressed through the TokenLayout")
         layout = attention_mask
@@ -155,4 +158,5 @@ class DLLMCoreAttention(MegatronModule):
         k, v, cached = layout.kv_cache.extend(self.layer_number, k, v)
         real = (layout.segments != PAD_SEGMENT).to(q.device)
         mask = torch.cat([cached[:, None, None, :] & real[:, None, :, None], layout.allowed().to(q.device)], dim=-1)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.softmax_scale, enable_gqa=k.shape[1] != q.shape[1])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.softmax_scale,
+                                              enable_gqa=k.shape[1] != q.shape[1])

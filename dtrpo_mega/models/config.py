@@ -65,13 +65,15 @@ class DLLMConfig:
             self.head_dim = self.hidden_size // self.num_attention_heads
         problems = []
         if self.num_attention_heads % self.num_query_groups:
-            problems.append(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of num_query_groups ({self.num_query_groups})")
+            problems.append(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of num_query_groups "
+                            f"({self.num_query_groups})")
         if self.head_dim % 2:
             problems.append(f"head_dim ({self.head_dim}) must be even for rotary embeddings")
         if not 0 <= self.mask_token_id < self.vocab_size:
             problems.append(f"mask_token_id ({self.mask_token_id}) is outside the vocabulary of {self.vocab_size}")
         if self.block_size < 1 or self.sub_block_size < 1 or self.block_size % self.sub_block_size:
-            problems.append(f"block_size ({self.block_size}) must be a positive multiple of sub_block_size ({self.sub_block_size})")
+            problems.append(f"block_size ({self.block_size}) must be a positive multiple of sub_block_size "
+                            f"({self.sub_block_size})")
         if self.padded_vocab_size is not None and self.padded_vocab_size < self.vocab_size:
             problems.append(f"padded_vocab_size ({self.padded_vocab_size}) < vocab_size ({self.vocab_size})")
         if problems:
@@ -102,8 +104,8 @@ class DLLMConfig:
 
     @property
     def diffusion(self) -> DiffusionSpec:
-        return DiffusionSpec(self.block_size, self.sub_block_size, self.mask_token_id, self.logits_shift, self.attention,
-                             self.block_alignment)
+        return DiffusionSpec(self.block_size, self.sub_block_size, self.mask_token_id, self.logits_shift,
+                             self.attention, self.block_alignment)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -123,7 +125,8 @@ class DLLMConfig:
         traits = get_family(d["family"]).traits
         return cls(**{**{k: traits[k] for k in LATER_TRAITS if k in traits and k not in d}, **d})
 
-    def transformer_config(self, tp: int, pp: int, params_dtype: torch.dtype, use_cpu_initialization: bool, cp: int = 1):
+    def transformer_config(self, tp: int, pp: int, params_dtype: torch.dtype, use_cpu_initialization: bool,
+                           cp: int = 1):
         """The megatron-core TransformerConfig of this model at a parallel layout (CP: context-parallel size)."""
         from megatron.core.transformer.transformer_config import TransformerConfig
 

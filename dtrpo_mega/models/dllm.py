@@ -92,8 +92,9 @@ class DLLM(GPTModel):
         return super().forward(input_ids=input_ids, position_ids=None, attention_mask=layout, labels=labels, **kwargs)
 
 
-def build_model(cfg: DLLMConfig, params_dtype: torch.dtype = torch.float32, transformer_impl: str = "auto", recompute: RecomputeConfig | None = None,
-                seed: int | None = None, pg_collection: ProcessGroupCollection | None = None) -> DLLM:
+def build_model(cfg: DLLMConfig, params_dtype: torch.dtype = torch.float32, transformer_impl: str = "auto",
+                recompute: RecomputeConfig | None = None, seed: int | None = None,
+                pg_collection: ProcessGroupCollection | None = None) -> DLLM:
     """This rank's pipeline stage of the model, on the current device, in the process groups of
     `pg_collection` (a `Runtime`'s; None: megatron's global groups), recomputing activations in
     training mode as `recompute` says (None: keep them all). With a `seed`, the weights are drawn

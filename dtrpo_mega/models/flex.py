@@ -67,7 +67,8 @@ def block_mask(layout: TokenLayout, device: torch.device):
             return may_attend(variant, block_size, qp[b, q], qn[b, q], qs[b, q], kp[b, k], kn[b, k], ks[b, k])
 
         # Compiled on CUDA, so a long row's [b, q, kv] mask need not be materialized whole.
-        return create_block_mask(mask_mod, B=qp.shape[0], H=None, Q_LEN=q_len, KV_LEN=kv_len, device=device, _compile=device.type == "cuda")
+        return create_block_mask(mask_mod, B=qp.shape[0], H=None, Q_LEN=q_len, KV_LEN=kv_len, device=device,
+                                 _compile=device.type == "cuda")
 
     return layout.cached(("flex_block_mask", str(device)), build)
 
@@ -98,7 +99,8 @@ def _eager_flex() -> Callable:
     return flex_attention
 
 
-def flex_attention(q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout, scale: float, kernel: Callable | None = None) -> Tensor:
+def flex_attention(q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout, scale: float,
+                   kernel: Callable | None = None) -> Tensor:
     """Attention of q [b, heads, s_q, d] over k, v [b, kv_heads, s_k, d] -> [b, heads, s_q, d].
 
     `kernel`: flex_attention or a compiled form of it; default compiled on CUDA, eager (the unfused

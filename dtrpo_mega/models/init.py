@@ -30,7 +30,8 @@ def _draw(seed: int, cfg: DLLMConfig, key: str, layer: tuple[int, ...], shape: l
     rows = cfg.vocab_size if key in VOCAB else shape[0]
     name = "vocab" if key in VOCAB else key  # a tied output layer is the embedding
     digest = hashlib.sha256(f"{seed}:{name}:{layer}".encode()).digest()
-    drawn = torch.randn([rows, *shape[1:]], generator=torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))) * std
+    drawn = torch.randn([rows, *shape[1:]],
+                        generator=torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))) * std
     return torch.cat([drawn, drawn.new_zeros(shape[0] - rows, *shape[1:])])  # vocabulary padding rows: zero
 
 

@@ -45,7 +45,8 @@ def checkpoint_spans(cfg: RecomputeConfig, stage_layers: int) -> list[tuple[int,
     """Full recompute of a stage's layers as `(start, end, recomputed)` runs, in order."""
     k = cfg.num_layers
     if not 1 <= k <= stage_layers:
-        raise ValueError(f"train.recompute_num_layers={k} must be between 1 and the {stage_layers} layers of a pipeline stage")
+        raise ValueError(f"train.recompute_num_layers={k} must be between 1 and the {stage_layers} layers of a "
+                         "pipeline stage")
     if cfg.method == RecomputeMethod.UNIFORM:  # the last group may be shorter
         return [(start, min(start + k, stage_layers), True) for start in range(0, stage_layers, k)]
     return [(i, i + 1, True) for i in range(k)] + ([(k, stage_layers, False)] if k < stage_layers else [])
@@ -66,10 +67,12 @@ def apply_recompute(model, cfg: RecomputeConfig) -> None:
         config.recompute_granularity = "selective"
         return
     block._checkpointed_forward = partial(_checkpointed_layers, block.layers, checkpoint_spans(cfg, len(block.layers)))
-    config.recompute_granularity, config.recompute_method, config.recompute_num_layers = "full", cfg.method.value, cfg.num_layers
+    config.recompute_granularity, config.recompute_method, config.recompute_num_layers = (
+        "full", cfg.method.value, cfg.num_layers)
 
 
-def _checkpointed_core_attention(core_attention, query, key, value, attention_mask, rotary_pos_emb=None, attn_mask_type=None, attention_bias=None, packed_seq_params=None) -> Tensor:
+def _checkpointed_core_attention(core_attention, query, key, value, attention_mask, rotary_pos_emb=None,
+                                 attn_mask_type=None, attention_bias=None, packed_seq_params=None) -> Tensor:
     """Attention's selective-recompute branch (rope is applied inside our core attention)."""
     return checkpoint(
         core_attention, query, key, value, attention_mask, attn_mask_type=attn_mask_type,
@@ -77,12 +80,14 @@ def _checkpointed_core_attention(core_attention, query, key, value, attention_ma
     )
 
 
-def _checkpointed_layers(layers, spans, hidden_states: Tensor, use_inner_quantization_context: bool = False, **layer_kwargs) -> Tensor:
+def _checkpointed_layers(layers, spans, hidden_states: Tensor, use_inner_quantization_context: bool = False,
+                         **layer_kwargs) -> Tensor:
     """TransformerBlock's full-recompute branch: each recomputed run keeps only its input.
     (`use_inner_quantization_context` is megatron's fp8/fp4 flag, refused in `apply_recompute`.)"""
     for start, end, recomputed in spans:
         if recomputed:
-            hidden_states = checkpoint(_run_layers, layers[start:end], hidden_states, use_reentrant=False, **layer_kwargs)
+            hidden_states = checkpoint(_run_layers, layers[start:end], hidden_states, use_reentrant=False,
+                                       **layer_kwargs)
         else:
             hidden_states = _run_layers(layers[start:end], hidden_states, **layer_kwargs)
     return hidden_states

@@ -15,7 +15,8 @@ from torch import Tensor
 
 def rotary_tables(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
     """cos and sin of shape [s, b, 1, head_dim] (float32) for positions [b, s]."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim))
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float()
+                                / head_dim))
     freqs = positions.float()[..., None] * inv_freq  # [b, s, head_dim / 2]
     emb = torch.cat([freqs, freqs], dim=-1).transpose(0, 1)[:, :, None, :]
     return emb.cos(), emb.sin()

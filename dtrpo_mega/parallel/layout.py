@@ -30,5 +30,6 @@ class ParallelConfig:
         tp, pp, cp = self.tensor_model_parallel_size, self.pipeline_model_parallel_size, self.context_parallel_size
         if world_size % self.model_parallel_size:
             raise ValueError(f"parallel: world size {world_size} is not divisible by TP={tp} x PP={pp} x CP={cp} "
-                             "(parallel.tensor_model_parallel_size x pipeline_model_parallel_size x context_parallel_size)")
+                             "(parallel.tensor_model_parallel_size x pipeline_model_parallel_size x "
+                             "context_parallel_size)")
         return world_size // self.model_parallel_size

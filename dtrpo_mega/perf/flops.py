@@ -81,7 +81,8 @@ def tile_counts(layout: TokenLayout, tile: int = TILE, rows: int = 512) -> Tenso
     chunks = []
     for start in range(0, qp.shape[1], rows):
         query = lambda t: t[:, start : start + rows, None]  # noqa: E731
-        allowed = may_attend(layout.variant, layout.block_size, query(qp), query(qn), query(qs), key(kp), key(kn), key(ks))
+        allowed = may_attend(layout.variant, layout.block_size, query(qp), query(qn), query(qs), key(kp), key(kn),
+                             key(ks))
         allowed &= query(qs) != PAD_SEGMENT
         b, n, s_k = allowed.shape
         chunks.append(allowed.view(b, n // tile, tile, s_k // tile, tile).sum(2, dtype=torch.int64).sum(-1))

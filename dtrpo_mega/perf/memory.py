@@ -105,7 +105,8 @@ class Settings:
         try:
             backend = AttentionBackend(self.backend)
         except ValueError:
-            raise ValueError(f"unknown attention backend {self.backend!r}; choose from {[b.value for b in AttentionBackend]}") from None
+            raise ValueError(f"unknown attention backend {self.backend!r}; choose from "
+                             f"{[b.value for b in AttentionBackend]}") from None
         object.__setattr__(self, "backend", AttentionBackend.FLEX if backend == AttentionBackend.AUTO else backend)
         if self.transformer_impl not in IMPLS:
             raise ValueError(f"unknown transformer_impl {self.transformer_impl!r}; choose from {list(IMPLS)}")
@@ -166,7 +167,8 @@ def layer_bytes(s: Settings, key_tokens: int, granularity: RecomputeGranularity)
         query, key = (q, kv) if m.qk_norm else (q_copy, 0)  # normed (or reshaped) q and k; else views
         terms["attention"] = (query + key + q + 2 * kv + q) * a  # + linear_qkv's output (views), output
         return terms
-    kept_kv = 2 * kv * cp if cp > 1 else kv + q + 2 * kv  # all-gathered K and V; else roped k + linear_qkv's output (v is a view)
+    # all-gathered K and V; else roped k + linear_qkv's output (v is a view)
+    kept_kv = 2 * kv * cp if cp > 1 else kv + q + 2 * kv
     terms["attention"] = (2 * q + kept_kv) * a + 4 * heads  # roped q, output, fp32 log-sum-exp
     if s.act != 4:
         terms["rope"] = 4 * d * a  # cos/sin cast to the activation dtype, for q and for k
@@ -239,7 +241,8 @@ def transient_bytes(s: Settings, shape: Shape, stage: int) -> float:
     if g == RecomputeGranularity.FULL:
         candidates.append(s.recompute.num_layers * none * tokens)  # one recomputed span's activations
     elif g == RecomputeGranularity.SELECTIVE:
-        candidates.append((none - sum(layer_bytes(s, k_tokens, g).values())) * tokens)  # one layer's attention internals
+        # one layer's attention internals
+        candidates.append((none - sum(layer_bytes(s, k_tokens, g).values())) * tokens)
     if s.backend == AttentionBackend.TE:
         candidates.append(tokens * k_tokens * s.act)  # TE's unused dBias, the size of the bias
     return max(candidates)
@@ -346,13 +349,16 @@ def max_packed_tokens(s: Settings, work: Workload, capacity: float) -> int:
 
 
 def from_train_config(cfg: TrainConfig, model: DLLMConfig, dp: int, prompt_length: int, response_length: int,
-                      backend: str | None = None, transformer_impl: str = "transformer_engine") -> tuple[Settings, Workload]:
+                      backend: str | None = None,
+                      transformer_impl: str = "transformer_engine") -> tuple[Settings, Workload]:
     """The planner's inputs for a training config at data-parallel size `dp` (bf16 unless train.bf16=false)."""
     par, obj = cfg.parallel, cfg.objective.name
-    layout = ParallelLayout(par.tensor_model_parallel_size, par.pipeline_model_parallel_size, par.context_parallel_size, dp)
+    layout = ParallelLayout(par.tensor_model_parallel_size, par.pipeline_model_parallel_size, par.context_parallel_size,
+                            dp)
     cfg.validate(layout.tp * layout.pp * layout.cp * dp)
     if obj == Objective.EXACT_TRAJECTORY:
-        raise ValueError("objective.name=exact_trajectory has one row per decoding step; plan dtrpo and scale its activations by the steps")
+        raise ValueError("objective.name=exact_trajectory has one row per decoding step; plan dtrpo and scale its "
+                         "activations by the steps")
     if prompt_length < 1 or response_length < 1:
         raise ValueError(f"prompt and response lengths must be >= 1, got {prompt_length} and {response_length}")
     settings = Settings(

@@ -60,13 +60,13 @@ class RowBuilder:
         object.__setattr__(self, "layout", ScoringLayout(self.layout or family.scoring))
         object.__setattr__(self, "sft", self.sft or family.sft)
         if self.layout == ScoringLayout.PER_BLOCK and self.model.attention == MaskVariant.BLOCK_DIFFUSION:
-            raise ValueError(f"objective.scoring=per_block is for full-attention families; {self.model.family} is block-causal, "
-                             "so its one-pass rows are already exact")
+            raise ValueError(f"objective.scoring=per_block is for full-attention families; {self.model.family} is "
+                             "block-causal, so its one-pass rows are already exact")
         if self.last_block != LastBlock.CUT and self.end_of_turn_id is None:
             raise ValueError(f"data.last_block={self.last_block.value} needs the dataset's end-of-turn token id")
         if self.last_block == LastBlock.FILL and self.fill_id is None:
-            raise ValueError("data.last_block=fill needs the family's fill token id in the dataset metadata (tokenizer.fill_id): "
-                             "preprocess it again, or set data.last_block=cut")
+            raise ValueError("data.last_block=fill needs the family's fill token id in the dataset metadata "
+                             "(tokenizer.fill_id): preprocess it again, or set data.last_block=cut")
 
     def completion(self, prompt_len: int, response: np.ndarray, logged: bool) -> int:
         """Slots after the response up to the end of its last block (0 unless completed, see `last_block`)."""
@@ -77,7 +77,8 @@ class RowBuilder:
     def response_length(self, pair: PreferencePair, role: int) -> int:
         """Scored response tokens of a sequence: the response, and a filled last block."""
         response, steps = (pair.chosen, pair.chosen_steps) if role == 0 else (pair.rejected, pair.rejected_steps)
-        extra = self.completion(len(pair.prompt), response, steps is not None) if self.last_block == LastBlock.FILL else 0
+        extra = (self.completion(len(pair.prompt), response, steps is not None) if self.last_block == LastBlock.FILL
+                 else 0)
         return len(response) + extra
 
     def sequences(self, pair: PreferencePair) -> list[SequenceSpec]:
@@ -101,7 +102,8 @@ class RowBuilder:
         out, spec = [], self.model.diffusion
         first_token = self.sft.first_token if self.objective == Objective.SFT else FirstTokenRule.DECODER
         for seq in self.sequences(pair):
-            for row in plan_rows(seq, spec, self.scheduler, self.objective, self.seed, epoch, self.vrpo_samples, self.layout, self.sft):
+            for row in plan_rows(seq, spec, self.scheduler, self.objective, self.seed, epoch, self.vrpo_samples,
+                                 self.layout, self.sft):
                 sample, labels, weights = scoring_row(seq.tokens, row, seq.prompt_len, spec, self.layout, first_token)
                 out.append(ScoredSample(sample, labels, weights, seq.role))
         return out
@@ -113,7 +115,8 @@ class RowBuilder:
     def row_per_sample(self, pairs: list[PreferencePair], per_pair: list[list[ScoredSample]], epoch: int) -> ScoredRows:
         """`per_pair[i]`'s samples (pair i's), each its own row, in order."""
         rows = [[(slot, s)] for slot, samples in enumerate(per_pair) for s in samples]
-        return self.assemble(pairs, rows, self.padded_length(max(len(s) for samples in per_pair for s in samples)), epoch)
+        return self.assemble(pairs, rows, self.padded_length(max(len(s) for samples in per_pair for s in samples)),
+                             epoch)
 
     def padded_length(self, tokens: int) -> int:
         return -(-tokens // self.pad_to_multiple) * self.pad_to_multiple
@@ -125,8 +128,8 @@ class RowBuilder:
         try:
             groups = pack([sum(len(s) for s in samples) for samples in per_pair], row_tokens)
         except ItemTooLong as err:
-            raise ValueError(f"train.micro_batch_tokens={row_tokens} cannot hold pair {pairs[err.item].index}, whose rows "
-                             f"take {err.length} tokens together; raise train.micro_batch_tokens") from None
+            raise ValueError(f"train.micro_batch_tokens={row_tokens} cannot hold pair {pairs[err.item].index}, whose "
+                             f"rows take {err.length} tokens together; raise train.micro_batch_tokens") from None
         out = []
         for group in groups:
             row = [(slot, s) for slot, i in enumerate(group) for s in per_pair[i]]
@@ -134,7 +137,8 @@ class RowBuilder:
             out.append(self.assemble([pairs[i] for i in group], [row], length, epoch))
         return out
 
-    def assemble(self, pairs: list[PreferencePair], rows: list[list[tuple[int, ScoredSample]]], length: int, epoch: int) -> ScoredRows:
+    def assemble(self, pairs: list[PreferencePair], rows: list[list[tuple[int, ScoredSample]]], length: int,
+                 epoch: int) -> ScoredRows:
         """Rows of [length] tokens; row r holds `rows[r]`'s samples one after another, then padding."""
         shape = (len(rows), length)
         tokens = torch.full(shape, self.model.mask_token_id, dtype=torch.long)
@@ -146,13 +150,16 @@ class RowBuilder:
             start = 0
             for segment, (slot, s) in enumerate(samples, start=PAD_SEGMENT + 1):
                 span = slice(start, start + len(s))
-                tokens[r, span], positions[r, span], noisy[r, span] = s.sample.tokens, s.sample.positions, s.sample.noisy
+                tokens[r, span], positions[r, span], noisy[r, span] = (
+                    s.sample.tokens, s.sample.positions, s.sample.noisy)
                 labels[r, span], weights[r, span], origins[r, span] = s.labels, s.weights, s.sample.origin
                 segments[r, span], sequence[r, span] = segment, 2 * slot + s.role
                 start += len(s)
         roles = (0, 1) if self.objective.is_preference else (0,)  # SFT scores the chosen response only
-        lengths = torch.tensor([[self.response_length(p, role) if role in roles else 0 for role in (0, 1)] for p in pairs],
+        lengths = torch.tensor([[self.response_length(p, role) if role in roles else 0 for role in (0, 1)]
+                                for p in pairs],
                                dtype=torch.float64).reshape(len(pairs), 2)
         variant = MaskVariant.BLOCK_DIFFUSION if self.layout == ScoringLayout.ONE_PASS else self.model.attention
         layout = TokenLayout(positions, noisy, segments, variant, self.model.block_size, origins=origins)
-        return ScoredRows(tokens, layout, labels, weights, sequence, torch.tensor([p.index for p in pairs]), lengths, epoch)
+        return ScoredRows(tokens, layout, labels, weights, sequence, torch.tensor([p.index for p in pairs]), lengths,
+                          epoch)

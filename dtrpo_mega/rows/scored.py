@@ -69,8 +69,8 @@ class ScoredRows:
         whole rows and names this rank's queries and the all-gathered key order)."""
         shard = lambda t: shard_tokens(t, cp_rank, cp_size)  # noqa: E731
         return dataclasses.replace(
-            self, tokens=shard(self.tokens), layout=shard_layout(self.layout, cp_rank, cp_size), labels=shard(self.labels),
-            weights=shard(self.weights), sequence=shard(self.sequence),
+            self, tokens=shard(self.tokens), layout=shard_layout(self.layout, cp_rank, cp_size),
+            labels=shard(self.labels), weights=shard(self.weights), sequence=shard(self.sequence),
         )
 
     def with_reference(self, ref_sums: Tensor) -> "ScoredRows":

@@ -25,7 +25,8 @@ class DataOrder:
     def steps_per_epoch(self) -> int:
         steps = self.num_pairs // self.global_batch_size
         if steps == 0:
-            raise ValueError(f"the dataset has {self.num_pairs} pairs, fewer than train.global_batch_size={self.global_batch_size}")
+            raise ValueError(f"the dataset has {self.num_pairs} pairs, fewer than "
+                             f"train.global_batch_size={self.global_batch_size}")
         return steps
 
     def epoch_of(self, step: int) -> int:

@@ -80,9 +80,9 @@ def train(cfg: TrainConfig) -> list[dict]:
     run = setup_run(cfg)
     if run.runtime.rank == 0:
         counts = run.dataset.metadata["counts"]
-        print(f"data {cfg.data.path}: {len(run.dataset)} pairs ({counts['read']} read at preprocessing, {counts['truncated']} truncated, "
-              f"{counts['dropped']} dropped by the over-long rule), fingerprint {run.dataset.fingerprint[:12]}; "
-              f"{run.order.steps_per_epoch} steps per epoch", flush=True)
+        print(f"data {cfg.data.path}: {len(run.dataset)} pairs ({counts['read']} read at preprocessing, "
+              f"{counts['truncated']} truncated, {counts['dropped']} dropped by the over-long rule), fingerprint "
+              f"{run.dataset.fingerprint[:12]}; {run.order.steps_per_epoch} steps per epoch", flush=True)
     policy = build_policy(run)
     preference = cfg.objective.name.is_preference
     reference = build_reference(run, policy) if preference else None
@@ -106,13 +106,16 @@ def _train_steps(run: Run, policy, reference, optimizer, reference_id: str | Non
         resumed = load_checkpoint(path, policy, optimizer, reference_id, verify=cfg.checkpoint.verify)
         start = resumed.step
         if run.runtime.rank == 0:
-            note = "" if resumed.optimizer_restored else " (different parallel layout: weights resharded, optimizer state reset)"
+            note = ("" if resumed.optimizer_restored
+                    else " (different parallel layout: weights resharded, optimizer state reset)")
             print(f"resumed from {path} at step {start}{note}", flush=True)
 
     if start >= cfg.train.train_steps and run.runtime.rank == 0:
-        print(f"nothing to train: the checkpoint is at step {start}, train.train_steps={cfg.train.train_steps}", flush=True)
+        print(f"nothing to train: the checkpoint is at step {start}, train.train_steps={cfg.train.train_steps}",
+              flush=True)
     logs_here = run.runtime.rank == run.runtime.world_size - 1
-    logger = MetricsLogger(cfg.logging.dir, cfg.train.train_steps, start, cfg.to_dict(), cfg.logging.wandb_project, cfg.logging.progress_bar, cfg.logging.log_interval) if logs_here else None
+    logger = MetricsLogger(cfg.logging.dir, cfg.train.train_steps, start, cfg.to_dict(), cfg.logging.wandb_project,
+                           cfg.logging.progress_bar, cfg.logging.log_interval) if logs_here else None
     stop = StopFlag()
     try:
         for step in range(start, cfg.train.train_steps):
@@ -127,11 +130,13 @@ def _train_steps(run: Run, policy, reference, optimizer, reference_id: str | Non
             elapsed = time.perf_counter() - t0
             if run.runtime.is_last_stage:
                 metrics = reduce_reports(reports, run.runtime.pg_collection.dp)
-                sizes = torch.tensor([[mb.layout.positions.numel(), mb.padding_tokens(), mb.num_samples()] for mb in micro], dtype=torch.float64, device=comm_device()).sum(0)
+                sizes = torch.tensor([[mb.layout.positions.numel(), mb.padding_tokens(), mb.num_samples()]
+                                      for mb in micro], dtype=torch.float64, device=comm_device()).sum(0)
                 dist.all_reduce(sizes, group=run.runtime.pg_collection.dp)
                 tokens, padding, rows = sizes.tolist()
-                metrics.update(grad_norm=grad_norm, lr=lr, pairs_per_s=cfg.train.global_batch_size / elapsed, tokens_per_s=tokens / elapsed,
-                               rows_per_pair=rows / cfg.train.global_batch_size, padding_fraction=padding / tokens, step_s=elapsed)
+                metrics.update(grad_norm=grad_norm, lr=lr, pairs_per_s=cfg.train.global_batch_size / elapsed,
+                               tokens_per_s=tokens / elapsed, rows_per_pair=rows / cfg.train.global_batch_size,
+                               padding_fraction=padding / tokens, step_s=elapsed)
                 if logger is not None:
                     logger.log(step + 1, metrics)
             interrupted = stop.agreed()

@@ -3,9 +3,10 @@
 Names follow TRL (`loss`, `rewards/chosen`, `rewards/rejected`, `rewards/accuracies`,
 `rewards/margins`, `logps/chosen`, `logps/rejected`; SFT reports `loss` only) plus `grad_norm`,
 `lr`, `scored_tokens`, `pairs_per_s`, `tokens_per_s`, `rows_per_pair` (sequence rows the policy
-forwards per pair; a resident reference forwards as many) and `step_s`. The logging rank (the last one: it holds the last pipeline stage)
-writes the console (a progress bar on a terminal, a line per interval otherwise), a JSONL file,
-wandb (offline unless WANDB_API_KEY is set) and, at the end, a PNG of the reward curves.
+forwards per pair; a resident reference forwards as many) and `step_s`. The logging rank (the last
+one: it holds the last pipeline stage) writes the console (a progress bar on a terminal, a line per
+interval otherwise), a JSONL file, wandb (offline unless WANDB_API_KEY is set) and, at the end, a
+PNG of the reward curves.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from dtrpo_mega.parallel.runtime import comm_device
 
 COUNTS = ("pairs", "scored_tokens")
 CONSOLE = (("loss", "loss", ".4f"), ("rewards/accuracies", "acc", ".3f"), ("rewards/margins", "margin", "+.4f"),
-           ("rewards/chosen", "chosen", "+.4f"), ("rewards/rejected", "rejected", "+.4f"), ("grad_norm", "grad", ".3f"), ("lr", "lr", ".2e"))
+           ("rewards/chosen", "chosen", "+.4f"), ("rewards/rejected", "rejected", "+.4f"), ("grad_norm", "grad", ".3f"),
+           ("lr", "lr", ".2e"))
 
 
 def reduce_reports(reports: list[dict], dp_group: dist.ProcessGroup) -> dict[str, float]:
     """Per-pair means of the last stage's summed reports (SFT: per example), over micro-batches and `dp_group`."""
     keys = [k for k in (*METRICS, *COUNTS) if k in reports[0]]
-    totals = torch.tensor([[float(r[k]) for k in keys] for r in reports], dtype=torch.float64, device=comm_device()).sum(0)
+    totals = torch.tensor([[float(r[k]) for k in keys] for r in reports], dtype=torch.float64,
+                          device=comm_device()).sum(0)
     dist.all_reduce(totals, group=dp_group)
     values = dict(zip(keys, totals.cpu().tolist()))
     pairs = values.pop("pairs")
@@ -56,7 +59,8 @@ def keep_until(path: Path, step: int) -> None:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: str | Path, total_steps: int, start_step: int, config: dict, wandb_project: str | None, progress_bar: bool, log_interval: int):
+    def __init__(self, run_dir: str | Path, total_steps: int, start_step: int, config: dict, wandb_project: str | None,
+                 progress_bar: bool, log_interval: int):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         keep_until(self.run_dir / "metrics.jsonl", start_step)
@@ -73,7 +77,8 @@ class MetricsLogger:
             import wandb
 
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-            self.wandb = wandb.init(project=wandb_project, dir=str(self.run_dir), config=config, mode=mode, resume="allow")
+            self.wandb = wandb.init(project=wandb_project, dir=str(self.run_dir), config=config, mode=mode,
+                                    resume="allow")
 
     def log(self, step: int, metrics: dict) -> None:
         record = {"step": step, **metrics}
@@ -83,7 +88,8 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
         shown = [f"{label} {metrics[k]:{fmt}}" for k, label, fmt in CONSOLE if k in metrics]
-        line = " | ".join([f"step {step:>5d}", *shown, f"{metrics['pairs_per_s']:.1f} pairs/s", f"{metrics['tokens_per_s']:.0f} tok/s"])
+        line = " | ".join([f"step {step:>5d}", *shown, f"{metrics['pairs_per_s']:.1f} pairs/s",
+                           f"{metrics['tokens_per_s']:.0f} tok/s"])
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix_str(" | ".join(shown[:3]))

@@ -87,11 +87,13 @@ class MegatronOptimizer:
     """megatron-core DDP + distributed optimizer (GPU ranks)."""
 
     def __init__(self, model, cfg: OptimizerSection, bf16: bool):
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+        from megatron.core.distributed import (DistributedDataParallel, DistributedDataParallelConfig,
+                                               finalize_model_grads)
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
         self.model = model
-        ddp = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=True)
+        ddp = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                            use_distributed_optimizer=True)
         groups = model.pg_collection
         self.module = DistributedDataParallel(config=model.config, ddp_config=ddp, module=model, pg_collection=groups)
         self.optimizer = get_megatron_optimizer(

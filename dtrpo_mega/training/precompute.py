@@ -47,7 +47,8 @@ def precompute_sums(run: Run, epochs: int, out) -> None:
     found = []
     for epoch in range(epochs):
         for idx in _my_pairs(run):
-            [rows] = reference.with_reference(run.context_shards([run.rows.micro_batch([run.dataset[int(i)] for i in idx], epoch)]))
+            [rows] = reference.with_reference(
+                run.context_shards([run.rows.micro_batch([run.dataset[int(i)] for i in idx], epoch)]))
             if rows.ref_sums is not None:
                 found += [(epoch, int(i), s) for i, s in zip(idx, rows.ref_sums)]
     gathered = _gather_on_rank0(found, run.runtime)
@@ -81,7 +82,8 @@ def precompute_confidence(run: Run, out) -> None:
             for seq in run.rows.sequences(pair):
                 steps = np.where(np.arange(len(seq.tokens)) >= seq.prompt_len, 0, -1)
                 row = exact_rows(seq.tokens, steps, model_cfg.mask_token_id)[0]
-                per_pair[-1].append(ScoredSample(*scoring_row(seq.tokens, row, seq.prompt_len, model_cfg.diffusion), seq.role))
+                per_pair[-1].append(ScoredSample(*scoring_row(seq.tokens, row, seq.prompt_len, model_cfg.diffusion),
+                                                 seq.role))
                 where.append(seq)
         rows = one_pass.row_per_sample(pairs, per_pair, epoch=0)
         with torch.no_grad():
@@ -116,10 +118,13 @@ def precompute(cfg, product: str, out, epochs: int = 1) -> None:
         precompute_confidence(run, out)
 
 
-USAGE = """Run the frozen reference over the whole dataset once: `dtrpo precompute-reference` (tools/precompute_reference.py).
+USAGE = """Run the frozen reference over the whole dataset once: `dtrpo precompute-reference` \
+(tools/precompute_reference.py).
 
-    torchrun --nproc-per-node N --no-python dtrpo precompute-reference sums --out ref.safetensors --epochs E --config CFG [k=v ...]
-    torchrun --nproc-per-node N --no-python dtrpo precompute-reference confidence --out conf.safetensors --config CFG [k=v ...]
+    torchrun --nproc-per-node N --no-python dtrpo precompute-reference sums --out ref.safetensors --epochs E \
+--config CFG [k=v ...]
+    torchrun --nproc-per-node N --no-python dtrpo precompute-reference confidence --out conf.safetensors \
+--config CFG [k=v ...]
 
 (`dtrpo precompute-reference ...` alone runs one process.) `sums` feeds `reference.mode=precomputed
 reference.cache=ref.safetensors` (E epochs of re-masked states); `confidence` feeds

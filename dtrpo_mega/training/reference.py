@@ -46,6 +46,7 @@ class PrecomputedReference:
         out = []
         for mb in micro_batches:
             if mb.epoch >= self.ref_sums.shape[0]:
-                raise ValueError(f"reference.cache {self.path} covers epochs 0..{self.ref_sums.shape[0] - 1}; training reached epoch {mb.epoch}")
+                raise ValueError(f"reference.cache {self.path} covers epochs 0..{self.ref_sums.shape[0] - 1}; training "
+                                 f"reached epoch {mb.epoch}")
             out.append(mb.with_reference(self.ref_sums[mb.epoch, mb.pair_index]))
         return out

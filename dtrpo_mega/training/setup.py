@@ -65,8 +65,9 @@ def setup_run(cfg: TrainConfig) -> Run:
     dataset = cfg.data.open(model_cfg)
     runtime = initialize(par, seed=cfg.train.seed)
     if cfg.objective.name.is_preference and dataset.kind != "preference":
-        raise ValueError(f"data.path={cfg.data.path} holds {dataset.kind} examples, but objective.name={cfg.objective.name.value} "
-                         "needs preference pairs (objective.name=sft trains on prompt-completion data)")
+        raise ValueError(f"data.path={cfg.data.path} holds {dataset.kind} examples, but "
+                         f"objective.name={cfg.objective.name.value} needs preference pairs (objective.name=sft trains "
+                         "on prompt-completion data)")
     bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else torch.cuda.is_available()
     pad = math.lcm(cfg.data.pad_to_multiple, 2 * runtime.cp) if runtime.cp > 1 else cfg.data.pad_to_multiple
     tokenizer = dataset.metadata["tokenizer"]
@@ -87,7 +88,8 @@ def check_pairs_fit(dataset: PreferenceDataset, rows: RowBuilder, cfg: TrainConf
     """Refuse before training a packing budget below the longest pair's rows (objectives with a
     fixed number of one-pass rows per sequence; exact_trajectory's and per-block rows' count depends
     on the trajectory and is checked when a pair is packed)."""
-    per_sequence = {Objective.VRPO: cfg.objective.vrpo_samples, Objective.EXACT_TRAJECTORY: None}.get(cfg.objective.name, 1)
+    per_sequence = {Objective.VRPO: cfg.objective.vrpo_samples,
+                    Objective.EXACT_TRAJECTORY: None}.get(cfg.objective.name, 1)
     if per_sequence is None or rows.layout == ScoringLayout.PER_BLOCK or len(dataset) == 0:
         return
     spec = rows.model.diffusion
@@ -105,8 +107,9 @@ def check_pairs_fit(dataset: PreferenceDataset, rows: RowBuilder, cfg: TrainConf
     tokens = per_sequence * (sample(b, c) + (sample(c, d) if cfg.objective.name.is_preference else 0))
     longest = int(tokens.argmax())
     if tokens[longest] > cfg.train.micro_batch_tokens:
-        raise ValueError(f"train.micro_batch_tokens={cfg.train.micro_batch_tokens} is smaller than pair {longest} of {cfg.data.path}, "
-                         f"whose rows take {int(tokens[longest])} tokens together (data.packing=true keeps a pair's rows in one row)")
+        raise ValueError(f"train.micro_batch_tokens={cfg.train.micro_batch_tokens} is smaller than pair {longest} of "
+                         f"{cfg.data.path}, whose rows take {int(tokens[longest])} tokens together (data.packing=true "
+                         "keeps a pair's rows in one row)")
 
 
 def build_policy(run: Run):

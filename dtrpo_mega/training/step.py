@@ -32,7 +32,8 @@ class ModelInputs(Protocol):
 LossFunc = Callable[[ModelInputs, Tensor], tuple[Tensor, Tensor, dict]]
 
 
-def forward_backward(model, micro_batches: list[ModelInputs], loss_func: LossFunc, forward_only: bool = False) -> list[dict]:
+def forward_backward(model, micro_batches: list[ModelInputs], loss_func: LossFunc,
+                     forward_only: bool = False) -> list[dict]:
     """Run the schedule; returns the per-micro-batch reports (non-empty on the last stage only).
 
     With labels, the model returns the vocab-parallel per-token cross-entropy [b, s], so `-output`

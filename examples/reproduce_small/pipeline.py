@@ -128,7 +128,8 @@ class SeedRun:
     def run(self) -> dict:
         sft = _cached(self.dir / "sft.json", self._sft)
         pairs = _cached(self.dir / "pairs.json", lambda: self._pairs(sft["model"]))
-        methods = {m: _cached(self.dir / f"{m}.json", lambda m=m: self._preference(m, sft["model"], pairs["dataset"])) for m in self.cfg.methods}
+        methods = {m: _cached(self.dir / f"{m}.json", lambda m=m: self._preference(m, sft["model"], pairs["dataset"]))
+                   for m in self.cfg.methods}
         return {"seed": self.seed, "config": asdict(self.cfg), "sft": sft, "pairs": pairs, "methods": methods}
 
     # --- stages -----------------------------------------------------------------------------
@@ -137,7 +138,8 @@ class SeedRun:
         jsonl = write_completions(self.dir / "sft.jsonl", self.cfg.task, self.sft_prompts)
         prefix = self.dir / "data" / "sft"
         build_preference_dataset(jsonl, self.tokenizer, self.cfg.family, prefix, max_length=64)
-        history, seconds = self._train("sft", {"objective": {"name": "sft"}, "scheduler": {"mode": "random_mask"}}, prefix, self.cfg.sft)
+        history, seconds = self._train("sft", {"objective": {"name": "sft"}, "scheduler": {"mode": "random_mask"}},
+                                       prefix, self.cfg.sft)
         model = str(model_folder(self.dir / "sft"))
         return {"model": model, "loss_end": history[-1]["loss"], "train_seconds": seconds, **self._accuracy(model)}
 
@@ -147,10 +149,10 @@ class SeedRun:
         sampled = sample_pairs(sampler, renderer, self.pair_prompts, cfg.task.is_correct, cfg.samples_per_prompt,
                                cfg.pairs_per_prompt, cfg.batch_size, torch.Generator().manual_seed(self.seed))
         if len(sampled.records) < cfg.preference.global_batch_size:
-            raise RuntimeError(f"seed {self.seed}: {len(sampled.records)} (correct, incorrect) pairs from {sampled.samples} "
-                               f"samples ({sampled.correct} correct), fewer than preference.global_batch_size="
-                               f"{cfg.preference.global_batch_size}: train SFT longer, or sample more prompts or at another "
-                               "temperature")
+            raise RuntimeError(f"seed {self.seed}: {len(sampled.records)} (correct, incorrect) pairs from "
+                               f"{sampled.samples} samples ({sampled.correct} correct), fewer than "
+                               f"preference.global_batch_size={cfg.preference.global_batch_size}: train SFT longer, or "
+                               "sample more prompts or at another temperature")
         jsonl = write_jsonl(self.dir / "pairs.jsonl", sampled.records)
         prefix = self.dir / "data" / "pairs"
         build_preference_dataset(jsonl, self.tokenizer, cfg.family, prefix, max_length=64)
@@ -174,7 +176,8 @@ class SeedRun:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _train(self, name: str, sections: dict, data: Path | str, stage: StageSettings, model: dict | None = None) -> tuple[list[dict], float]:
+    def _train(self, name: str, sections: dict, data: Path | str, stage: StageSettings,
+               model: dict | None = None) -> tuple[list[dict], float]:
         """Train in this process (a world of one); returns the per-step metrics and the summed step time.
 
         `model`: the model section; by default a new model of the configured family and size."""
@@ -192,13 +195,14 @@ class SeedRun:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a stage that did not finish starts over
         history = train(build_dataclass(TrainConfig, tree))
         if len(history) != stage.steps:
-            raise RuntimeError(f"seed {self.seed}: {name} stopped after {len(history)} of {stage.steps} steps (SIGTERM); "
-                               "run again to redo this stage")
+            raise RuntimeError(f"seed {self.seed}: {name} stopped after {len(history)} of {stage.steps} steps "
+                               "(SIGTERM); run again to redo this stage")
         return history, sum(h["step_s"] for h in history)
 
     def _sampler(self, model: str, temperature: float) -> tuple[Sampler, PromptRenderer]:
         policy = load_for_decoding(model)
-        renderer = PromptRenderer.for_family(self.cfg.family, self.tokenizer, plain=True)  # as the data renders text prompts
+        # as the data renders text prompts
+        renderer = PromptRenderer.for_family(self.cfg.family, self.tokenizer, plain=True)
         decode = DecodeConfig(self.cfg.max_new_tokens, self.cfg.threshold, None, temperature, renderer.end_of_turn_id)
         return family_sampler(policy, decode), renderer
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS_BEGIN, RESULTS_END = "<!-- reproduce_small:begin -->", "<!-- reproduce_small:end -->"
-LABELS = {"dtrpo": "dTRPO", "vrpo": "VRPO (n={n})", "exact_trajectory": "exact trajectory", "mean_field": "DPO, mean-field likelihood"}
+LABELS = {"dtrpo": "dTRPO", "vrpo": "VRPO (n={n})", "exact_trajectory": "exact trajectory",
+          "mean_field": "DPO, mean-field likelihood"}
 
 
 @dataclass
@@ -65,24 +66,27 @@ def markdown(results: list[dict], rows: list[MethodSummary], command: str, plot_
         RESULTS_BEGIN,
         f"Command: `{command}`  ",
         f"Machine: {platform.processor() or platform.machine()}, {_cpus()} CPU cores, no GPU; seeds {seeds}.  ",
-        f"Task: sort {cfg['task']['items']} numbers in 0..{cfg['task']['max_value'] - 1}; {cfg['held_out_prompts']} held-out prompts, "
-        f"greedy decoding with the model's decoder (threshold {cfg['threshold']}); accuracy is the exact-match rate.  ",
+        f"Task: sort {cfg['task']['items']} numbers in 0..{cfg['task']['max_value'] - 1}; {cfg['held_out_prompts']} "
+        f"held-out prompts, greedy decoding with the model's decoder (threshold {cfg['threshold']}); accuracy is the "
+        "exact-match rate.  ",
         f"SFT: {cfg['sft']['steps']} steps x {cfg['sft']['global_batch_size']} examples from scratch "
-        f"(held-out accuracy {_fmt(*_mean_std(sft))} %, {sft_tpf:.2f} decoding tokens per forward). Pairs: {cfg['samples_per_prompt']} samples per prompt at temperature "
-        f"{cfg['temperature']} for {cfg['sample_prompts']} prompts, correct vs incorrect "
+        f"(held-out accuracy {_fmt(*_mean_std(sft))} %, {sft_tpf:.2f} decoding tokens per forward). Pairs: "
+        f"{cfg['samples_per_prompt']} samples per prompt at temperature {cfg['temperature']} for "
+        f"{cfg['sample_prompts']} prompts, correct vs incorrect "
         f"({statistics.fmean(r['pairs']['pairs'] for r in results):.0f} pairs per seed on average).  ",
-        f"Every method: {pref['steps']} optimizer steps x {pref['global_batch_size']} pairs, lr {pref['lr']}, beta {cfg['beta']}, "
-        f"NLL weight {cfg['nll_weight']}, from the seed's SFT model, resident reference.",
+        f"Every method: {pref['steps']} optimizer steps x {pref['global_batch_size']} pairs, lr {pref['lr']}, beta "
+        f"{cfg['beta']}, NLL weight {cfg['nll_weight']}, from the seed's SFT model, resident reference.",
         "",
-        "| method | accuracy gain (pp, mean ± std) | minus dTRPO's gain (pp, paired) | accuracy after (%) | forward passes / pair | "
-        "train time (s, mean) | time vs dTRPO | decoding tokens / forward |",
+        "| method | accuracy gain (pp, mean ± std) | minus dTRPO's gain (pp, paired) | accuracy after (%) | "
+        "forward passes / pair | train time (s, mean) | time vs dTRPO | decoding tokens / forward |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         seconds = statistics.fmean(r.train_seconds)
         paired = _fmt(*_mean_std([g - b for g, b in zip(r.gains, base.gains)]), signed=True) if r is not base else "-"
-        lines.append(f"| {r.label} | {_fmt(*r.gain, signed=True)} | {paired} | {_fmt(*_mean_std(r.after))} | {r.passes_per_pair:.1f} | "
-                     f"{seconds:.1f} | {seconds / statistics.fmean(base.train_seconds):.2f}x | {r.tokens_per_forward:.2f} |")
+        lines.append(f"| {r.label} | {_fmt(*r.gain, signed=True)} | {paired} | {_fmt(*_mean_std(r.after))} | "
+                     f"{r.passes_per_pair:.1f} | {seconds:.1f} | {seconds / statistics.fmean(base.train_seconds):.2f}x "
+                     f"| {r.tokens_per_forward:.2f} |")
     lines += ["", "Per seed (accuracy %, SFT -> after each method):", "",
               "| seed | SFT | pairs | " + " | ".join(r.label for r in rows) + " |", "| --- " * (len(rows) + 3) + "|"]
     for i, res in enumerate(results):
@@ -111,8 +115,9 @@ def plot(rows: list[MethodSummary], png: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, (xlabel, cost) in zip(axes, (("forward passes per preference pair", lambda r: [r.passes_per_pair] * len(r.gains)),
-                                         ("training wall time (s)", lambda r: r.train_seconds))):
+    for ax, (xlabel, cost) in zip(axes,
+                                  (("forward passes per preference pair", lambda r: [r.passes_per_pair] * len(r.gains)),
+                                   ("training wall time (s)", lambda r: r.train_seconds))):
         for i, r in enumerate(rows):
             mean, std = r.gain
             xs = cost(r)

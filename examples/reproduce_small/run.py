@@ -32,10 +32,12 @@ def run_seeds(args) -> None:
     while pending or running:
         while pending and len(running) < args.jobs:
             seed = pending.pop(0)
-            cmd = [sys.executable, str(HERE / "pipeline.py"), "--config", args.config, "--seed", str(seed), "--out", str(out), *args.overrides]
+            cmd = [sys.executable, str(HERE / "pipeline.py"), "--config", args.config, "--seed", str(seed), "--out",
+                   str(out), *args.overrides]
             log = (out / f"seed{seed}.log").open("w")
             print(f"seed {seed}: started, log {log.name}", flush=True)
-            running[seed] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO), log, time.time())
+            running[seed] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO), log,
+                             time.time())
         time.sleep(1)
         for seed, (proc, log, start) in list(running.items()):
             if proc.poll() is None:

@@ -57,7 +57,8 @@ def assert_grads_match(model, expected_model, tag: str) -> int:
     for name, param in model.named_parameters():
         if param.grad is None:
             continue
-        torch.testing.assert_close(param.grad, expected[name].data, rtol=1e-4, atol=5e-6, msg=lambda m: f"{tag} {name}: {m}")
+        torch.testing.assert_close(param.grad, expected[name].data, rtol=1e-4, atol=5e-6,
+                                   msg=lambda m: f"{tag} {name}: {m}")
         assert param.grad.abs().sum() > 0, f"{tag}: zero gradient for {name}"
         checked += 1
     assert checked > 0, f"{tag}: no gradients"

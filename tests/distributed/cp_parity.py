@@ -50,9 +50,11 @@ def data_set(cfg, index: int) -> list[Batch]:
         samples = []
         for n, prompt in lengths:
             clean = torch.randint(0, cfg.vocab_size - 1, (n,), generator=g)
-            noisy = torch.where((torch.arange(n) >= prompt) & (torch.rand(n, generator=g) < 0.5), cfg.mask_token_id, clean)
+            noisy = torch.where((torch.arange(n) >= prompt) & (torch.rand(n, generator=g) < 0.5), cfg.mask_token_id,
+                                clean)
             block = cfg.attention.value == "block_diffusion"
-            samples.append(block_diffusion_sample(noisy, clean, prompt, cfg.block_size) if block else plain_sample(noisy))
+            samples.append(block_diffusion_sample(noisy, clean, prompt, cfg.block_size) if block
+                           else plain_sample(noisy))
         tokens, layout = collate(samples, cfg.attention, cfg.block_size, pad_id=0, pad_to_multiple=8)
         labels = torch.randint(0, cfg.vocab_size, tokens.shape, generator=g)
         scored = (layout.segments > 0) & (torch.rand(tokens.shape, generator=g) < 0.7)

@@ -35,7 +35,8 @@ def main():
             for name, value in weights[0].items():
                 if not name.endswith("_extra_state"):
                     assert torch.equal(value, state[name]), f"tied={tied} TP={tp} PP={pp}: {name} differs"
-        assert weights[0]["embedding.word_embeddings.weight"][cfg.vocab_size :].abs().sum() == 0, "padding rows are zero"
+        assert weights[0]["embedding.word_embeddings.weight"][cfg.vocab_size :].abs().sum() == 0, \
+            "padding rows are zero"
         if dist.get_rank() == 0:
             print(f"SAME WEIGHTS tied={tied} at {LAYOUTS}", flush=True)
         # the last stage's copy of a tied embedding holds the same draw

@@ -34,7 +34,8 @@ def micro_batches(cfg) -> list[Batch]:
         samples, labels, scored = [], [], []
         for n, prompt in lengths:
             clean = torch.randint(0, cfg.vocab_size - 1, (n,), generator=g)
-            noisy = torch.where((torch.arange(n) >= prompt) & (torch.rand(n, generator=g) < 0.5), cfg.mask_token_id, clean)
+            noisy = torch.where((torch.arange(n) >= prompt) & (torch.rand(n, generator=g) < 0.5), cfg.mask_token_id,
+                                clean)
             if cfg.attention.value == "block_diffusion":
                 sample = block_diffusion_sample(noisy, clean, prompt, cfg.block_size)
             else:

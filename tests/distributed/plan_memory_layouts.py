@@ -39,9 +39,12 @@ def measure(cfg, tp: int, pp: int, cp: int, granularity: RecomputeGranularity) -
     assert params == M.stage_parameters(cfg, tp, pp, stage), (params, M.stage_parameters(cfg, tp, pp, stage))
 
     rng = np.random.default_rng(0)
-    pairs = [PreferencePair(i, rng.integers(0, 200, PROMPT), rng.integers(0, 200, RESPONSE), rng.integers(0, 200, RESPONSE)) for i in range(PAIRS)]
-    mb = RowBuilder(cfg, SchedulerConfig(), Objective.DTRPO, seed=1, pad_to_multiple=8).micro_batch(pairs, 0).context_shard(cp_rank, cp)
-    settings = M.Settings(cfg, M.ParallelLayout(tp, pp, cp), bf16=False, backend="local", transformer_impl="local", recompute=recompute)
+    pairs = [PreferencePair(i, rng.integers(0, 200, PROMPT), rng.integers(0, 200, RESPONSE),
+                            rng.integers(0, 200, RESPONSE)) for i in range(PAIRS)]
+    mb = RowBuilder(cfg, SchedulerConfig(), Objective.DTRPO, seed=1,
+                    pad_to_multiple=8).micro_batch(pairs, 0).context_shard(cp_rank, cp)
+    settings = M.Settings(cfg, M.ParallelLayout(tp, pp, cp), bf16=False, backend="local", transformer_impl="local",
+                          recompute=recompute)
     shape = M.Workload(PROMPT, RESPONSE, pairs_per_micro_batch=PAIRS).shape(cfg.block_size, cp)
     rows, tokens = mb.tokens.shape
     assert (rows, tokens * cp) == (shape.rows, shape.tokens)
@@ -49,7 +52,8 @@ def measure(cfg, tp: int, pp: int, cp: int, granularity: RecomputeGranularity) -
         model.set_input_tensor(torch.randn(tokens, rows, cfg.hidden_size, requires_grad=True))
     with SavedActivations(model) as saved:
         model(mb.tokens, mb.layout, labels=mb.labels if stage == pp - 1 else None)
-    rope = M.cache_bytes(settings, shape)["rope"] if granularity == RecomputeGranularity.NONE else 0  # fp32 tables, saved by rope
+    # fp32 tables, saved by rope
+    rope = M.cache_bytes(settings, shape)["rope"] if granularity == RecomputeGranularity.NONE else 0
     predicted = sum(M.saved_bytes(settings, shape, stage).values()) + rope
     ratio = predicted / saved.bytes
     assert abs(ratio - 1) < 0.15, (tp, pp, cp, granularity, stage, saved.bytes, predicted)

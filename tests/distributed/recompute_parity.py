@@ -47,7 +47,8 @@ def micro_batches(cfg) -> list[Inputs]:
         samples = []
         for n, prompt in lengths:
             clean = torch.randint(0, cfg.vocab_size - 1, (n,), generator=g)
-            noisy = torch.where((torch.arange(n) >= prompt) & (torch.rand(n, generator=g) < 0.5), cfg.mask_token_id, clean)
+            noisy = torch.where((torch.arange(n) >= prompt) & (torch.rand(n, generator=g) < 0.5), cfg.mask_token_id,
+                                clean)
             samples.append(block_diffusion_sample(noisy, clean, prompt, cfg.block_size))
         tokens, layout = collate(samples, cfg.attention, cfg.block_size, pad_id=0)
         labels = torch.randint(0, cfg.vocab_size, tokens.shape, generator=g)

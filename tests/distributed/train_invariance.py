@@ -25,8 +25,8 @@ from dtrpo_mega.training.setup import build_policy, build_reference_model, setup
 from dtrpo_mega.training.step import forward_backward
 
 # (TP, PP, CP, pairs per micro-batch or 0 when packed); the global batch is 8 pairs.
-LAYOUTS = [(1, 1, 1, 2), (1, 1, 1, 1), (2, 1, 1, 2), (1, 2, 1, 4), (2, 2, 1, 1), (2, 2, 1, 8), (1, 1, 1, 0), (2, 2, 1, 0),
-           (1, 1, 2, 2), (2, 1, 2, 1), (1, 2, 2, 4), (1, 1, 4, 8), (1, 1, 2, 0), (2, 1, 2, 0)]
+LAYOUTS = [(1, 1, 1, 2), (1, 1, 1, 1), (2, 1, 1, 2), (1, 2, 1, 4), (2, 2, 1, 1), (2, 2, 1, 8), (1, 1, 1, 0),
+           (2, 2, 1, 0), (1, 1, 2, 2), (2, 1, 2, 1), (1, 2, 2, 4), (1, 1, 4, 8), (1, 1, 2, 0), (2, 1, 2, 0)]
 ROW_TOKENS = 192  # packed rows: room for two or three pairs of the counting data
 
 
@@ -37,18 +37,21 @@ def row_digests(micro) -> dict[int, str]:
         digests = {}
         for slot, _, r, m in mb.samples():
             h = digests.setdefault(slot, hashlib.sha256())
-            for t in (mb.tokens[r][m], mb.layout.positions[r][m], mb.layout.noisy[r][m], mb.labels[r][m], mb.weights[r][m]):
+            for t in (mb.tokens[r][m], mb.layout.positions[r][m], mb.layout.noisy[r][m], mb.labels[r][m],
+                      mb.weights[r][m]):
                 h.update(t.numpy().tobytes())
         out.update({int(mb.pair_index[slot]): h.hexdigest() for slot, h in digests.items()})
     return out
 
 
 def one_step(data, family, tp, pp, cp, mbs):
-    batching = [f"train.micro_batch_size={mbs}"] if mbs else ["data.packing=true", f"train.micro_batch_tokens={ROW_TOKENS}"]
+    batching = [f"train.micro_batch_size={mbs}"] if mbs else ["data.packing=true",
+                                                              f"train.micro_batch_tokens={ROW_TOKENS}"]
     cfg = load_config(None, [
         f"data.path={data}", f"model.family={family}", "model.overrides={num_layers: 4}",
-        f"parallel.tensor_model_parallel_size={tp}", f"parallel.pipeline_model_parallel_size={pp}", f"parallel.context_parallel_size={cp}",
-        "train.global_batch_size=8", "loss.beta=0.5", "loss.nll_weight=0.2", "data.pad_to_multiple=1", *batching,
+        f"parallel.tensor_model_parallel_size={tp}", f"parallel.pipeline_model_parallel_size={pp}",
+        f"parallel.context_parallel_size={cp}", "train.global_batch_size=8", "loss.beta=0.5", "loss.nll_weight=0.2",
+        "data.pad_to_multiple=1", *batching,
     ])
     run = setup_run(cfg)
     policy = build_policy(run)
@@ -85,7 +88,8 @@ def main():
                 expected_rows = rows
             assert rows == expected_rows, f"rows differ at {name}"
         if not mbs:
-            assert len(micro) < 8 / run.runtime.dp and micro[0].tokens.shape[0] == 1 and micro[0].tokens.shape[1] <= ROW_TOKENS // cp, f"{name}: not packed"
+            assert (len(micro) < 8 / run.runtime.dp and micro[0].tokens.shape[0] == 1
+                    and micro[0].tokens.shape[1] <= ROW_TOKENS // cp), f"{name}: not packed"
 
         metrics = reduce_reports(reports, run.runtime.pg_collection.dp) if run.runtime.is_last_stage else None
         if n == 0:
@@ -95,7 +99,8 @@ def main():
         else:
             if metrics is not None:
                 for key, value in expected_metrics.items():
-                    assert abs(metrics[key] - value) <= 1e-5 * max(1.0, abs(value)), f"{name} {key}: {metrics[key]} vs {value}"
+                    assert abs(metrics[key] - value) <= 1e-5 * max(1.0, abs(value)), \
+                        f"{name} {key}: {metrics[key]} vs {value}"
             expected = build_reference_model(run)  # same layout; receives the reference gradients
             load_weights(expected, work / "grads")
             assert_grads_match(policy, expected, name)

@@ -23,10 +23,12 @@ DREAM_CHATML = chatml("dream_chatml", default_system="You are a helpful assistan
 FAMILY = Family(
     name="dream",
     traits=dict(qkv_bias=True, mask_token_id=151666, block_size=32, sub_block_size=32, logits_shift=True,
-                attention=MaskVariant.BIDIRECTIONAL, block_alignment=BlockAlignment.PROMPT_END, rope_theta=1e6, norm_eps=1e-6),
+                attention=MaskVariant.BIDIRECTIONAL, block_alignment=BlockAlignment.PROMPT_END, rope_theta=1e6,
+                norm_eps=1e-6),
     sizes={
-        "7b": Size(dict(vocab_size=152064, hidden_size=3584, ffn_hidden_size=18944, num_layers=28, num_attention_heads=28,
-                        num_query_groups=4, tie_embeddings=False), "Qwen/Qwen2.5-7B config.json (its base; Dream-v0-Instruct-7B's own config.json was not found)"),
+        "7b": Size(dict(vocab_size=152064, hidden_size=3584, ffn_hidden_size=18944, num_layers=28,
+                        num_attention_heads=28, num_query_groups=4, tie_embeddings=False),
+                   "Qwen/Qwen2.5-7B config.json (its base; Dream-v0-Instruct-7B's own config.json was not found)"),
     },
     tiny_blocks=dict(block_size=8, sub_block_size=8),
     chat=DREAM_CHATML,
@@ -36,5 +38,6 @@ FAMILY = Family(
     last_block=LastBlock.FILL,
     stops_at_end_of_turn=False,
     decoding=Decoding(tokens_per_step=1),  # steps = max_new_tokens in its examples: one token a step
-    sources=("DreamLM/Dream @fac0a7f", "DreamLM/Dream-Coder @87409da instruct/src/trainer/", "NVlabs/Fast-dLLM dream/model/"),
+    sources=("DreamLM/Dream @fac0a7f", "DreamLM/Dream-Coder @87409da instruct/src/trainer/",
+             "NVlabs/Fast-dLLM dream/model/"),
 )

@@ -38,7 +38,8 @@ WEIGHT_NAMES: dict[str, tuple[str, ...]] = {
     f"{_QKV}.bias": tuple(f"model.transformer.blocks.*.{p}_proj.bias" for p in "qkv"),
     "decoder.layers.*.self_attention.linear_proj.weight": ("model.transformer.blocks.*.attn_out.weight",),
     "decoder.layers.*.mlp.linear_fc1.layer_norm_weight": ("model.transformer.blocks.*.ff_norm.weight",),
-    "decoder.layers.*.mlp.linear_fc1.weight": ("model.transformer.blocks.*.ff_proj.weight", "model.transformer.blocks.*.up_proj.weight"),
+    "decoder.layers.*.mlp.linear_fc1.weight": ("model.transformer.blocks.*.ff_proj.weight",
+                                               "model.transformer.blocks.*.up_proj.weight"),
     "decoder.layers.*.mlp.linear_fc2.weight": ("model.transformer.blocks.*.ff_out.weight",),
     "decoder.final_layernorm.weight": ("model.transformer.ln_f.weight",),
     "output_layer.weight": ("model.transformer.ff_out.weight",),
@@ -48,15 +49,17 @@ WEIGHT_NAMES: dict[str, tuple[str, ...]] = {
 def read_structure(c: dict) -> dict:
     """DLLMConfig structure fields of LLaDA's OLMo-style config.json (`d_model`, `n_heads`, ...)."""
     expected = dict(block_type="llama", layer_norm_type="rms", activation_type="silu", rope=True, block_group_size=1,
-                    layer_norm_with_affine=True, attention_layer_norm=False, include_bias=False, bias_for_layer_norm=False,
-                    scale_logits=False, input_emb_norm=False, alibi=False)
+                    layer_norm_with_affine=True, attention_layer_norm=False, include_bias=False,
+                    bias_for_layer_norm=False, scale_logits=False, input_emb_norm=False, alibi=False)
     differs = lambda value, want: value != want and not (want is False and value is None)  # noqa: E731
-    reject_features([f"{k}={c[k]!r} (need {v!r})" for k, v in expected.items() if k in c and differs(c[k], v)], "config.json (llada)")
+    reject_features([f"{k}={c[k]!r} (need {v!r})" for k, v in expected.items() if k in c and differs(c[k], v)],
+                    "config.json (llada)")
     heads = c["n_heads"]
     return dict(
         vocab_size=c.get("embedding_size") or c["vocab_size"], hidden_size=c["d_model"],
         ffn_hidden_size=c.get("mlp_hidden_size") or c["mlp_ratio"] * c["d_model"], num_layers=c["n_layers"],
-        num_attention_heads=heads, num_query_groups=c.get("n_kv_heads") or (1 if c.get("multi_query_attention") else heads),
+        num_attention_heads=heads,
+        num_query_groups=c.get("n_kv_heads") or (1 if c.get("multi_query_attention") else heads),
         rope_theta=float(c.get("rope_theta", 10000.0)), norm_eps=c.get("rms_norm_eps", 1e-5),
         qkv_bias=bool(c.get("include_qkv_bias", False)), qk_norm=False,
         tie_embeddings=bool(c.get("weight_tying", False)), max_position_embeddings=c.get("max_sequence_length", 4096),
@@ -66,10 +69,11 @@ def read_structure(c: dict) -> dict:
 def write_structure(cfg) -> dict:
     """The OLMo-style config.json fields of a DLLMConfig (the inverse of `read_structure`)."""
     return dict(
-        d_model=cfg.hidden_size, n_heads=cfg.num_attention_heads, n_kv_heads=cfg.num_query_groups, n_layers=cfg.num_layers,
-        mlp_hidden_size=cfg.ffn_hidden_size, vocab_size=cfg.vocab_size, embedding_size=cfg.vocab_size, rope_theta=cfg.rope_theta,
-        rms_norm_eps=cfg.norm_eps, include_qkv_bias=cfg.qkv_bias, weight_tying=cfg.tie_embeddings,
-        max_sequence_length=cfg.max_position_embeddings, block_type="llama", layer_norm_type="rms", activation_type="silu", rope=True,
+        d_model=cfg.hidden_size, n_heads=cfg.num_attention_heads, n_kv_heads=cfg.num_query_groups,
+        n_layers=cfg.num_layers, mlp_hidden_size=cfg.ffn_hidden_size, vocab_size=cfg.vocab_size,
+        embedding_size=cfg.vocab_size, rope_theta=cfg.rope_theta, rms_norm_eps=cfg.norm_eps,
+        include_qkv_bias=cfg.qkv_bias, weight_tying=cfg.tie_embeddings, max_sequence_length=cfg.max_position_embeddings,
+        block_type="llama", layer_norm_type="rms", activation_type="silu", rope=True,
     )
 
 
@@ -78,8 +82,9 @@ FAMILY = Family(
     traits=dict(mask_token_id=126336, block_size=32, sub_block_size=32, attention=MaskVariant.BIDIRECTIONAL,
                 block_alignment=BlockAlignment.PROMPT_END, rope_theta=500000.0, norm_eps=1e-5),
     sizes={
-        "8b": Size(dict(vocab_size=126464, hidden_size=4096, ffn_hidden_size=12288, num_layers=32, num_attention_heads=32,
-                        num_query_groups=32, tie_embeddings=False), "GSAI-ML/LLaDA-8B-Instruct config.json (a copy in radi-cho/reasoning-diffusion @49e3510)"),
+        "8b": Size(dict(vocab_size=126464, hidden_size=4096, ffn_hidden_size=12288, num_layers=32,
+                        num_attention_heads=32, num_query_groups=32, tie_embeddings=False),
+                   "GSAI-ML/LLaDA-8B-Instruct config.json (a copy in radi-cho/reasoning-diffusion @49e3510)"),
     },
     tiny_blocks=dict(block_size=8, sub_block_size=8),
     chat=LLAMA3_CHAT,

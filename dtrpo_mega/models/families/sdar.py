@@ -28,21 +28,28 @@ _QWEN3 = dict(vocab_size=151936, num_query_groups=8, head_dim=128)
 
 FAMILY = Family(
     name="sdar",
-    traits=dict(qk_norm=True, mask_token_id=151669, block_size=4, sub_block_size=4, attention=MaskVariant.BLOCK_DIFFUSION,
-                block_alignment=BlockAlignment.ABSOLUTE, rope_theta=1e6, norm_eps=1e-6),
+    traits=dict(qk_norm=True, mask_token_id=151669, block_size=4, sub_block_size=4,
+                attention=MaskVariant.BLOCK_DIFFUSION, block_alignment=BlockAlignment.ABSOLUTE, rope_theta=1e6,
+                norm_eps=1e-6),
     sizes={
-        "1.7b": Size(dict(_QWEN3, hidden_size=2048, ffn_hidden_size=6144, num_layers=28, num_attention_heads=16, tie_embeddings=True),
+        "1.7b": Size(dict(_QWEN3, hidden_size=2048, ffn_hidden_size=6144, num_layers=28, num_attention_heads=16,
+                          tie_embeddings=True),
                      "Qwen/Qwen3-1.7B config.json (its base; SDAR-1.7B-Chat's own config.json was not found)"),
-        "4b": Size(dict(_QWEN3, hidden_size=2560, ffn_hidden_size=9728, num_layers=36, num_attention_heads=32, tie_embeddings=False),
+        "4b": Size(dict(_QWEN3, hidden_size=2560, ffn_hidden_size=9728, num_layers=36, num_attention_heads=32,
+                        tie_embeddings=False),
                    "JetAstra/SDAR training/model/SDAR-4B-Chat/config.json (unlike Qwen3-4B, not tied)"),
-        "8b": Size(dict(_QWEN3, hidden_size=4096, ffn_hidden_size=12288, num_layers=36, num_attention_heads=32, tie_embeddings=False),
+        "8b": Size(dict(_QWEN3, hidden_size=4096, ffn_hidden_size=12288, num_layers=36, num_attention_heads=32,
+                        tie_embeddings=False),
                    "Qwen/Qwen3-8B config.json (its base; SDAR-8B-Chat's own config.json was not found)"),
     },
     tiny_blocks=dict(block_size=4, sub_block_size=4),
     chat=QWEN3_CHATML,
-    formats=(SourceFormat("sdar", ("SDARForCausalLM",), ("sdar",), "sdar", TRANSFORMERS_NAMES, qk_norm=True, block_size_key="block_size"),),
+    formats=(SourceFormat("sdar", ("SDARForCausalLM",), ("sdar",), "sdar", TRANSFORMERS_NAMES, qk_norm=True,
+                          block_size_key="block_size"),),
     sft=SFTConvention(inverse_t=True, one_t=True, complementary=False, normalizer=SFTNormalizer.RESPONSE_TOKENS),
     last_block=LastBlock.FILL,
-    decoding=Decoding(threshold=0.9),  # generate.py's low_confidence_dynamic with 4 steps a block of 4: every token above the threshold, else the most confident one
+    # generate.py's low_confidence_dynamic with 4 steps a block of 4: every token above the threshold, else the most
+    # confident one
+    decoding=Decoding(threshold=0.9),
     sources=("JetAstra/SDAR @c2041a8: generate.py, training/model/SDAR-4B-Chat/, training/llama_factory_sdar/",),
 )

@@ -45,8 +45,9 @@ class ChatTemplate:
 def chatml(name: str, **fields) -> ChatTemplate:
     """ChatML, as Qwen2.5 and Qwen3 (and the dLLMs built on them) render it; `<|endoftext|>` is
     their pad / EOS token."""
-    return ChatTemplate(name=name, turn="<|im_start|>{role}\n{content}<|im_end|>\n", generation_prompt="<|im_start|>assistant\n",
-                        end_of_turn="<|im_end|>", block_fill="<|endoftext|>", **fields)
+    return ChatTemplate(name=name, turn="<|im_start|>{role}\n{content}<|im_end|>\n",
+                        generation_prompt="<|im_start|>assistant\n", end_of_turn="<|im_end|>",
+                        block_fill="<|endoftext|>", **fields)
 
 
 
@@ -69,8 +70,10 @@ class SourceFormat:
     qkv_bias: bool = False  # Qwen2 attention always has q/k/v biases
     qk_norm: bool = False  # Qwen3 attention: per-head RMSNorm of q and k
     block_size_key: str | None = None  # config.json field holding the block size
-    read_structure: Callable[[dict], dict] | None = field(default=None, hash=False, compare=False)  # None: transformers fields
-    write_structure: Callable | None = field(default=None, hash=False, compare=False)  # its inverse, DLLMConfig -> fields
+    # None: transformers fields
+    read_structure: Callable[[dict], dict] | None = field(default=None, hash=False, compare=False)
+    # its inverse, DLLMConfig -> fields
+    write_structure: Callable | None = field(default=None, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,8 @@ TRANSFORMERS_NAMES: dict[str, tuple[str, ...]] = {
     "decoder.layers.*.self_attention.k_layernorm.weight": ("model.layers.*.self_attn.k_norm.weight",),
     "decoder.layers.*.self_attention.linear_proj.weight": ("model.layers.*.self_attn.o_proj.weight",),
     "decoder.layers.*.mlp.linear_fc1.layer_norm_weight": ("model.layers.*.post_attention_layernorm.weight",),
-    "decoder.layers.*.mlp.linear_fc1.weight": ("model.layers.*.mlp.gate_proj.weight", "model.layers.*.mlp.up_proj.weight"),
+    "decoder.layers.*.mlp.linear_fc1.weight": ("model.layers.*.mlp.gate_proj.weight",
+                                               "model.layers.*.mlp.up_proj.weight"),
     "decoder.layers.*.mlp.linear_fc2.weight": ("model.layers.*.mlp.down_proj.weight",),
     "decoder.final_layernorm.weight": ("model.norm.weight",),
     "output_layer.weight": ("lm_head.weight",),
