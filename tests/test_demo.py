@@ -20,7 +20,7 @@ def test_demo_shows_dtrpo_raising_held_out_accuracy(tmp_path):
     assert proc.returncode == 0, output[-4000:]
     before, after = map(int,
                         re.search(r"held-out accuracy .*: (\d+)% after SFT -> (\d+)% after dTRPO", output).groups())
-    assert after >= before + 50, output[-3000:]  # measured: 4% -> 92% (README)
+    assert after >= before + 50, output[-3000:]  # measured: 14% -> 100% (README)
     summary = json.loads((out / "summary.json").read_text())
     shown = summary["after"]["shown"]
     assert shown["reverse 4 8 15 16 23 :"] == "23 16 15 8 4", shown
