@@ -123,12 +123,14 @@ class Demo:
     def _decoder(self, model: Path, temperature: float):
         from dtrpo_mega.generation.model import PromptRenderer, family_sampler, load_for_decoding
         from dtrpo_mega.generation.sampler import DecodeConfig
+        from dtrpo_mega.models.families import get_family
 
         policy = load_for_decoding(model)
         # the data's prompts are plain
         renderer = PromptRenderer.for_family(self.cfg.family, self.tokenizer, plain=True)
-        threshold = 0.9  # Fast-dLLM v2's own confidence threshold
-        decode = DecodeConfig(self.cfg.max_new_tokens, threshold, None, temperature, renderer.end_of_turn_id)
+        rule = get_family(self.cfg.family).decoding  # the family's own reveal rule
+        decode = DecodeConfig(self.cfg.max_new_tokens, rule.threshold, rule.tokens_per_step, temperature,
+                              renderer.end_of_turn_id)
         return family_sampler(policy, decode), renderer
 
     def _evaluate(self, model: Path) -> dict:
@@ -138,7 +140,7 @@ class Demo:
         respond = SamplerResponder(*self._decoder(model, 0.0))
         examples = [Example(str(i), p, TaskKind.EXACT, self.task.answer(p)) for i, p in enumerate(self.held_out)]
         result = run_task("reverse", examples, respond, batch_size=64)
-        shown = dict(zip(self.cfg.shown, respond(list(self.cfg.shown))))
+        shown = {p: o.response for p, o in zip(self.cfg.shown, result.outcomes)}  # held_out starts with them
         print(f"held-out accuracy {result.accuracy:.0%} ({sum(o.correct for o in result.outcomes)}/{len(examples)})")
         return {"accuracy": result.accuracy, "shown": shown}
 
