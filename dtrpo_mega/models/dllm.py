@@ -18,6 +18,7 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
 
+from dtrpo_mega.compat import check_megatron_core_version
 from dtrpo_mega.diffusion.mask import TokenLayout
 from dtrpo_mega.models.attention import DLLMCoreAttention, resolve_backend, te_available
 from dtrpo_mega.models.config import DLLMConfig
@@ -100,6 +101,7 @@ def build_model(cfg: DLLMConfig, params_dtype: torch.dtype = torch.float32, tran
     training mode as `recompute` says (None: keep them all). With a `seed`, the weights are drawn
     from it alone, the same at every TP/PP (`models/init.py`); without, megatron-core's per-rank
     initialization."""
+    check_megatron_core_version()
     groups = pg_collection if pg_collection is not None else ProcessGroupCollection.use_mpu_process_groups()
     tp, pp = groups.tp.size(), groups.pp.size()
     on_gpu = torch.cuda.is_available()

@@ -6,11 +6,12 @@
   `num_layers` layers (storing each group's input), `method=block` checkpoints the first
   `num_layers` layers of each pipeline stage and keeps the rest.
 
-`apply_recompute` switches on megatron-core's own recompute branches (TransformerBlock's
-`_checkpointed_forward`, Attention's `_checkpointed_attention_forward`; taken in training mode
-only) and runs them with torch's non-reentrant `checkpoint`: megatron's `tensor_parallel.checkpoint`
-saves its inputs with `save_for_backward`, which rejects the `TokenLayout` passed as
-`attention_mask`. Dropout is 0 in these models, so recomputation replays no random state.
+`apply_recompute` switches on megatron-core's own recompute branches (the block's full-recompute
+call, routed to ours by `compat.route_full_recompute`; Attention's `_checkpointed_attention_forward`;
+taken in training mode only) and runs them with torch's non-reentrant `checkpoint`: megatron's
+`tensor_parallel.checkpoint` saves its inputs with `save_for_backward`, which rejects the
+`TokenLayout` passed as `attention_mask`, and reads the CUDA RNG state. Dropout is 0 in these
+models, so recomputation replays no random state.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from functools import partial
 
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+from dtrpo_mega.compat import route_full_recompute
 
 
 class RecomputeGranularity(str, Enum):
@@ -66,7 +69,7 @@ def apply_recompute(model, cfg: RecomputeConfig) -> None:
             attention._checkpointed_attention_forward = partial(_checkpointed_core_attention, attention.core_attention)
         config.recompute_granularity = "selective"
         return
-    block._checkpointed_forward = partial(_checkpointed_layers, block.layers, checkpoint_spans(cfg, len(block.layers)))
+    route_full_recompute(block, partial(_checkpointed_layers, block.layers, checkpoint_spans(cfg, len(block.layers))))
     config.recompute_granularity, config.recompute_method, config.recompute_num_layers = (
         "full", cfg.method.value, cfg.num_layers)
 
@@ -81,9 +84,12 @@ def _checkpointed_core_attention(core_attention, query, key, value, attention_ma
 
 
 def _checkpointed_layers(layers, spans, hidden_states: Tensor, use_inner_quantization_context: bool = False,
-                         **layer_kwargs) -> Tensor:
+                         extract_layer_indices=None, layer_offset: int = 0, **layer_kwargs) -> Tensor:
     """TransformerBlock's full-recompute branch: each recomputed run keeps only its input.
-    (`use_inner_quantization_context` is megatron's fp8/fp4 flag, refused in `apply_recompute`.)"""
+    (`use_inner_quantization_context` is megatron's fp8/fp4 flag, refused in `apply_recompute`;
+    megatron-core 0.19 adds `extract_layer_indices` for intermediate outputs, which we never ask for.)"""
+    if extract_layer_indices:
+        raise ValueError("full recompute returns no intermediate layer outputs (extract_layer_indices)")
     for start, end, recomputed in spans:
         if recomputed:
             hidden_states = checkpoint(_run_layers, layers[start:end], hidden_states, use_reentrant=False,

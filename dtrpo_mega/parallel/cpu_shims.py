@@ -1,7 +1,7 @@
 """Let megatron-core's pipeline schedules and RNG tracker run on CPU ranks (gloo).
 
 Active only when CUDA is absent; on a GPU `install()` does nothing. What it changes, and nothing
-else (checked against megatron-core 0.16.1, whose CUDA-only calls are listed here):
+else (checked against megatron-core 0.16.1 and 0.19.2, whose CUDA-only calls are listed here):
 
 1. `pipeline_parallel/schedules.py` allocates its token counter with `device="cuda"`;
    `pipeline_parallel/p2p_communication.py` allocates receive buffers on
@@ -25,7 +25,6 @@ import types
 
 import torch
 
-CHECKED_MEGATRON_CORE_VERSIONS = ("0.16.1",)
 _FACTORIES = ("zeros", "empty", "ones", "full", "tensor")
 
 

@@ -111,15 +111,16 @@ def init_distributed(backend: str = "auto") -> None:
 
 def initialize(parallel: ParallelConfig, seed: int = 1234) -> Runtime:
     """Initialize (or re-initialize) the model-parallel groups and seed every generator."""
-    init_distributed(parallel.backend)
-    world = dist.get_world_size()
-    tp, pp, cp = (parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size,
-                  parallel.context_parallel_size)
-    dp = parallel.data_parallel_size(world)
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                                             context_parallel_size=cp)
+    with quiet.no_gloo_banner():  # every gloo group prints a banner on torch 2.9.1
+        init_distributed(parallel.backend)
+        world = dist.get_world_size()
+        tp, pp, cp = (parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size,
+                      parallel.context_parallel_size)
+        dp = parallel.data_parallel_size(world)
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                                 context_parallel_size=cp)
     groups = ProcessGroupCollection.use_mpu_process_groups()  # every group megatron made, taken once
     set_seeds(seed, groups)
     quiet.report()

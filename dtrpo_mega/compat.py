@@ -1,0 +1,70 @@
+"""Every difference between the megatron-core and torch versions dtrpo_mega runs on, in one place.
+
+Two stacks are tested (`make test`, `make test-ngc`): Python 3.11 + torch 2.13.0 (CPU build) +
+megatron-core 0.16.1, and Python 3.12 + torch 2.9.1 (CUDA build, also without a driver) +
+megatron-core 0.19.2, the NGC image's. Each entry below names what it was checked against.
+
+- Full activation recompute. megatron-core 0.16.1 runs it through the block's own
+  `TransformerBlock._checkpointed_forward`; 0.19.2 removed that method and calls the module-level
+  `megatron.core.recompute.checkpointed_forward(block, ...)` (imported by name into
+  `transformer_block`), which checkpoints with `tensor_parallel.checkpoint`: that reads the CUDA
+  RNG state (fails without a driver) and saves its inputs with `save_for_backward` (rejects the
+  `TokenLayout` we pass as `attention_mask`, on a GPU too). `route_full_recompute` sends either
+  call to the block's own function, for our blocks only.
+- Version check. `check_megatron_core_version` warns once, naming the tested versions, when the
+  installed megatron-core is another one (pyproject allows >=0.16.1,<0.20).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+
+CHECKED_MEGATRON_CORE_VERSIONS = ("0.16.1", "0.19.2")
+CHECKED_TORCH_VERSIONS = ("2.13.0", "2.9.1")
+_FULL_RECOMPUTE = "_dtrpo_full_recompute"
+
+
+def megatron_core_version() -> str:
+    """The installed megatron-core's release (a local suffix such as `+da5bc5a` dropped)."""
+    try:
+        return version("megatron-core").split("+")[0]
+    except PackageNotFoundError:  # a source checkout on PYTHONPATH
+        from megatron.core import package_info
+
+        return package_info.__version__.split("+")[0]
+
+
+_version_checked = False
+
+
+def check_megatron_core_version() -> None:
+    """Warn once per process when megatron-core is not a version the test suites ran on."""
+    global _version_checked
+    if _version_checked:
+        return
+    _version_checked = True
+    found = megatron_core_version()
+    if found not in CHECKED_MEGATRON_CORE_VERSIONS:
+        warnings.warn(f"megatron-core {found} is not one dtrpo_mega was tested with "
+                      f"({', '.join(CHECKED_MEGATRON_CORE_VERSIONS)}); run `make test` with it before training",
+                      RuntimeWarning, stacklevel=2)
+
+
+def route_full_recompute(block, forward: Callable) -> None:
+    """Make `forward(hidden_states, **kwargs)` the full-recompute path of `block` (a TransformerBlock)."""
+    from megatron.core.transformer import transformer_block
+
+    if hasattr(transformer_block.TransformerBlock, "_checkpointed_forward"):  # megatron-core 0.16.1
+        block._checkpointed_forward = forward
+        return
+    original = transformer_block.checkpointed_forward  # megatron-core 0.19.2
+    if not getattr(original, "_dtrpo_routed", False):
+        def checkpointed_forward(self, *args, **kwargs):
+            own = getattr(self, _FULL_RECOMPUTE, None)
+            return own(*args, **kwargs) if own is not None else original(self, *args, **kwargs)
+
+        checkpointed_forward._dtrpo_routed = True
+        transformer_block.checkpointed_forward = checkpointed_forward
+    setattr(block, _FULL_RECOMPUTE, forward)
