@@ -11,6 +11,10 @@ megatron-core 0.19.2, the NGC image's. Each entry below names what it was checke
   RNG state (fails without a driver) and saves its inputs with `save_for_backward` (rejects the
   `TokenLayout` we pass as `attention_mask`, on a GPU too). `route_full_recompute` sends either
   call to the block's own function, for our blocks only.
+- The common (non-tensor) state of a dist checkpoint. megatron-core 0.16.1 writes it to
+  `common.pt` and loads it only from there; 0.19.2 keeps it as a `common_state` object inside the
+  DCP files and writes no `common.pt` (it still reads one first when present).
+  `write_common_state_file` copies it out after a 0.19.2 save, so checkpoints load on both.
 - Version check. `check_megatron_core_version` warns once, naming the tested versions, when the
   installed megatron-core is another one (pyproject allows >=0.16.1,<0.20).
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 CHECKED_MEGATRON_CORE_VERSIONS = ("0.16.1", "0.19.2")
 CHECKED_TORCH_VERSIONS = ("2.13.0", "2.9.1")
@@ -68,3 +73,16 @@ def route_full_recompute(block, forward: Callable) -> None:
         checkpointed_forward._dtrpo_routed = True
         transformer_block.checkpointed_forward = checkpointed_forward
     setattr(block, _FULL_RECOMPUTE, forward)
+
+
+def write_common_state_file(ckpt_dir: str | Path) -> None:
+    """After `dist_checkpointing.save` (one rank): write `common.pt` if this megatron-core did not."""
+    import torch
+    from megatron.core.dist_checkpointing.strategies.common import COMMON_STATE_FNAME
+
+    path = Path(ckpt_dir) / COMMON_STATE_FNAME
+    if path.exists():  # megatron-core 0.16.1
+        return
+    from megatron.core.dist_checkpointing.serialization import load_common_state_dict  # 0.19.2
+
+    torch.save(load_common_state_dict(str(ckpt_dir)), path)

@@ -167,7 +167,8 @@ class Demo:
         run_dir = self.out / "dtrpo"
         placed = [f"data.path={pairs}", f"model.load={sft}", f"checkpoint.dir={run_dir / 'checkpoints'}",
                   f"logging.dir={run_dir}"]
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={self.nproc}", "-m",
+        # --standalone: rendezvous on a free local port, so another job on port 29500 is no clash
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.nproc}", "-m",
                "dtrpo_mega.train", "--config", self.config_path, *placed, *self.overrides]
         print("+ " + " ".join(cmd), flush=True)
         return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode

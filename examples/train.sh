@@ -21,8 +21,12 @@ DISTRIBUTED_ARGS=(
     --node-rank "$NODE_RANK"
     --master-addr "$MASTER_ADDR"
     --master-port "$MASTER_PORT"
-    --shutdown-timeout "${SHUTDOWN_TIMEOUT:-600}"  # seconds to let ranks that are saving finish before SIGKILL
 )
+# Seconds torchrun gives ranks that are still saving before SIGKILL. torch 2.13.0's torchrun takes
+# --shutdown-timeout; torch 2.9.1's (the NGC image's) has no such flag and waits a fixed 30 s.
+if "$PYTHON" -m torch.distributed.run --help 2>/dev/null | grep -q -- --shutdown-timeout; then
+    DISTRIBUTED_ARGS+=(--shutdown-timeout "${SHUTDOWN_TIMEOUT:-600}")
+fi
 PARALLEL_ARGS=(
     parallel.tensor_model_parallel_size="${TP:-2}"
     parallel.pipeline_model_parallel_size="${PP:-2}"
@@ -32,11 +36,13 @@ RUN_ARGS=(
     logging.dir="${LOG_DIR:-runs/train}"
 )
 
-if [ "$CONFIG" = examples/configs/demo_tiny.yaml ]; then
-    "$PYTHON" -c "from dtrpo_mega.synthetic import prepare_counting_dataset; prepare_counting_dataset('runs/demo/data/counting')"
+DATA_ARGS=()
+if [ "$CONFIG" = examples/configs/demo_tiny.yaml ]; then  # the tiny default trains on synthetic pairs made here
+    "$PYTHON" -c "from dtrpo_mega.data.synthetic import prepare_counting_dataset; prepare_counting_dataset('runs/train/data/counting')"
+    DATA_ARGS=(data.path=runs/train/data/counting scheduler.mode=inference_aligned)  # its pairs log no trajectories
 fi
 "$PYTHON" -m torch.distributed.run "${DISTRIBUTED_ARGS[@]}" -m dtrpo_mega.train --config "$CONFIG" \
-    "${PARALLEL_ARGS[@]}" "${RUN_ARGS[@]}" "$@" &
+    "${PARALLEL_ARGS[@]}" "${DATA_ARGS[@]}" "${RUN_ARGS[@]}" "$@" &
 LAUNCHER=$!
 # SIGTERM or SIGINT to this script goes to the ranks: they finish the step, save a checkpoint and
 # exit 0, so torchrun (and this script) exit 0. A signal sent to torchrun itself makes it exit 1

@@ -117,7 +117,7 @@ def test_a_pickle_planted_in_checkpoint_metadata_never_runs(world_of_one, tmp_pa
     marker = tmp_path / "PWNED"
     (path / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
     for load in (lambda: load_model(model, path, verify=False),
-                 lambda: export_hf(path, tmp_path / "hf", log=lambda *_: None)):
+                 lambda: export_hf(path, tmp_path / "hf", log=lambda *_: None, verify=False)):
         with pytest.raises(Exception, match=r"\.metadata: refusing to load posix\.system"):
             load()
     assert not marker.exists()

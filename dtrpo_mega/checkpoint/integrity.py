@@ -63,12 +63,13 @@ def write_manifest(folder: str | Path) -> None:
 
 
 def verify_manifest(folder: str | Path) -> None:
-    """Collective: raise on every rank, naming each missing or changed file. A folder without a
-    manifest (written before checksums, or by another tool) is not checked."""
+    """Collective: raise on every rank, naming each missing or changed file, or the manifest itself
+    when it is missing (every checkpoint dtrpo_mega writes has one)."""
     folder = Path(folder)
     manifest = folder / MANIFEST
     if not manifest.is_file():
-        return
+        raise ValueError(f"checkpoint {folder} has no {MANIFEST}, so its files cannot be checked (every dtrpo_mega "
+                         "checkpoint has one); checkpoint.verify=false (convert export --no-verify) reads it unchecked")
     try:
         recorded = json.loads(manifest.read_text())
     except (ValueError, UnicodeDecodeError) as err:

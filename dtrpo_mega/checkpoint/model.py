@@ -19,6 +19,7 @@ from torch import nn
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
 
+from dtrpo_mega.compat import write_common_state_file
 from dtrpo_mega.checkpoint.integrity import reading, verify_manifest, write_manifest, writing
 from dtrpo_mega.models.config import DLLMConfig
 from dtrpo_mega.parallel.lifetime import tie_children_to_this_process
@@ -71,13 +72,22 @@ def save_model(model, ckpt_dir: str | Path, cfg: DLLMConfig | None = None) -> No
     if dist.get_rank() == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    tie_children_to_this_process()
-    with writing(ckpt_dir):
-        dist_checkpointing.save(sharded_weights(model), str(ckpt_dir))
+    save_sharded(sharded_weights(model), ckpt_dir)
     if dist.get_rank() == 0:
         write_model_config(cfg, ckpt_dir)
     dist.barrier()
     write_manifest(ckpt_dir)
+
+
+def save_sharded(sharded: dict, ckpt_dir: Path) -> None:
+    """`dist_checkpointing.save` into an existing folder, loadable by every tested megatron-core
+    version (`compat.write_common_state_file`); every rank calls it."""
+    tie_children_to_this_process()
+    with writing(ckpt_dir):
+        dist_checkpointing.save(sharded, str(ckpt_dir))
+        if dist.get_rank() == 0:
+            write_common_state_file(ckpt_dir)
+    dist.barrier()
 
 
 def global_shapes(sharded: dict) -> dict[str, tuple[int, ...]]:

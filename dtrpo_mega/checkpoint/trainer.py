@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from megatron.core import dist_checkpointing
 
-from dtrpo_mega.checkpoint.model import load_model, save_model, sharded_weights
+from dtrpo_mega.checkpoint.model import load_model, save_model, save_sharded, sharded_weights
 from dtrpo_mega.checkpoint.integrity import reading, verify_manifest, write_manifest, writing
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -111,9 +111,7 @@ def save_checkpoint(root: str | Path, step: int, model, optimizer, config: dict,
     path = root / f"iter_{step:07d}"
     save_model(model, path / "model")
     if hasattr(optimizer, "sharded_state_dict"):
-        with writing(path / "optimizer"):
-            dist_checkpointing.save(optimizer.sharded_state_dict(sharded_weights(model)),
-                                    str(_mkdir(path / "optimizer")))
+        save_sharded(optimizer.sharded_state_dict(sharded_weights(model)), _mkdir(path / "optimizer"))
     state = {"layout": _layout(model), "torch_rng": torch.get_rng_state(),
              "optimizer": optimizer.state_dict() if hasattr(optimizer, "state_dict") else None}
     with writing(path / f"rank_{rank:05d}.pt"):

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--ckpt", required=True, help="megatron checkpoint folder (with dtrpo_model.json)")
     exp.add_argument("--out", required=True, help="Hugging Face folder to write")
     exp.add_argument("--max-shard-size", default="5GB", help="safetensors shard size cap (e.g. 5GB, 500MiB)")
+    exp.add_argument("--no-verify", action="store_true", help="skip checking the files against checksums.json")
     rt = commands.add_parser("roundtrip", help="import, export, and compare every tensor bit for bit")
     _import_options(rt)
     rt.add_argument("--keep", help="folder to keep the intermediate checkpoints in (default: a temporary folder)")
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "import":
             import_hf(args.hf, args.out, **_options(args))
         elif args.command == "export":
-            export_hf(args.ckpt, args.out, max_shard_size=args.max_shard_size)
+            export_hf(args.ckpt, args.out, max_shard_size=args.max_shard_size, verify=not args.no_verify)
         else:
             rows, config_equal = roundtrip(args.hf, work_dir=args.keep, **_options(args))
             for row in rows:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from dtrpo_mega.checkpoint.integrity import verify_manifest
 from dtrpo_mega.checkpoint.model import read_model_config
 from dtrpo_mega.convert import dist_io
 from dtrpo_mega.convert.formats import SourceFormat, get_format, synthesized_hf_config
@@ -84,11 +85,15 @@ def _check_stored(cfg: DLLMConfig, stored: dict, ckpt_dir: Path) -> None:
         raise ValueError(f"{ckpt_dir} does not match its {ckpt_dir / 'dtrpo_model.json'}:\n  " + "\n  ".join(problems))
 
 
-def export_hf(ckpt_dir: str | Path, out_dir: str | Path, max_shard_size: str = "5GB", log=print) -> Path:
-    """Write config.json, safetensors shards with their index, and the source's tokenizer files."""
+def export_hf(ckpt_dir: str | Path, out_dir: str | Path, max_shard_size: str = "5GB", log=print,
+              verify: bool = True) -> Path:
+    """Write config.json, safetensors shards with their index, and the source's tokenizer files,
+    after checking every file of the checkpoint against its checksums (unless `verify` is false)."""
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty")
+    if verify:
+        verify_manifest(ckpt_dir)
     cfg = read_model_config(ckpt_dir)
     stored = dist_io.stored_tensors(ckpt_dir)
     _check_stored(cfg, stored, ckpt_dir)
