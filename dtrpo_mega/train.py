@@ -9,8 +9,10 @@ meets it, and every rank exits with status 2; DTRPO_TRACEBACK=1 shows the traceb
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from datetime import timedelta
 
 import torch.distributed as dist
 
@@ -42,6 +44,31 @@ def first_to_report() -> bool:
         return dist.get_rank() == 0
 
 
+def torchrun_store():
+    """torchrun's own key-value store (it outlives every rank), or None outside torchrun."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                         timeout=timedelta(seconds=60))
+
+
+def report(err: Exception) -> None:
+    """Print `error: ...` once. Before the process groups exist rank 0 prints it, and under torchrun
+    (which stops every rank once one exits: torch 2.9.1 at once) the other ranks exit only after
+    rank 0 has printed, or 60 s have passed."""
+    early = not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    reporter = first_to_report()
+    if reporter:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+    if not early or (store := torchrun_store()) is None:
+        return
+    if reporter:
+        store.set("dtrpo_error_reported", "1")
+    else:
+        with contextlib.suppress(RuntimeError):  # rank 0 never got there: exit all the same
+            store.wait(["dtrpo_error_reported"])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", help="YAML file with the run's sections")
@@ -52,8 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError) as err:
         if os.environ.get("DTRPO_TRACEBACK"):
             raise
-        if first_to_report():
-            print(f"error: {err}", file=sys.stderr, flush=True)
+        report(err)
         sys.exit(2)
     if history:
         print(f"\nsummary over {history[-1]['step']} steps (means of the first and last 10 steps)\n{summary(history)}",

@@ -1,4 +1,5 @@
-"""Shared test helpers: run a script under torchrun (gloo) and report its output on failure."""
+"""Shared test helpers: run a script under torchrun (gloo) and report its output on failure; waits
+that scale with how busy the machine is (`patient`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,26 @@ from dtrpo_mega.parallel.runtime import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DISTRIBUTED = Path(__file__).resolve().parent / "distributed"
+IDLE_TEST_TIMEOUT_S = 600  # pytest-timeout's limit per test on an idle machine (pyproject's `timeout`)
+
+
+def slowdown() -> float:
+    """How many times slower than idle the machine runs now: its load per core, at least 1."""
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
+def patient(seconds: float) -> float:
+    """A limit for waiting on work that takes well under `seconds` on an idle machine: the same
+    work on a machine loaded k times over gets k times as long, so only a hang fails it."""
+    return seconds * slowdown()
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Each test's pytest-timeout limit, scaled by the load when it starts (set before its timer)."""
+    if item.get_closest_marker("timeout") is None:
+        item.add_marker(pytest.mark.timeout(patient(IDLE_TEST_TIMEOUT_S)))
+    yield
 
 
 def run_torchrun(script: str, nproc: int, *args: str, timeout: int = 600) -> str:
@@ -23,7 +44,7 @@ def run_torchrun(script: str, nproc: int, *args: str, timeout: int = 600) -> str
         f"--master-port={free_port()}", str(DISTRIBUTED / script), *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=patient(timeout))
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         pytest.fail(f"{script} failed (exit {proc.returncode}):\n{output[-6000:]}")

@@ -4,7 +4,7 @@ import argparse
 import importlib.util
 import sys
 
-from conftest import REPO
+from conftest import REPO, patient
 
 
 def _bench():
@@ -39,7 +39,7 @@ def test_decoding_benchmark_checks_the_cache_and_writes_json(world_of_one, tmp_p
     out = tmp_path / "decoding.json"
     cmd = [sys.executable, "tools/bench_decoding.py", "--vocab", "300", "--hidden", "64", "--layers", "1", "--block",
            "8", "--sub-block", "4", "--prompt", "5", "--new", "12", "--batch", "2", "--threads", "1", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=patient(300))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [(r["new_tokens"], r["kv_cache"]) for r in rows] == [(12, False), (12, True)]

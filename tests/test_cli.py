@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, patient
 from dtrpo_mega import cli
 from dtrpo_mega.data import PreferenceDataset, build_preference_dataset
 from dtrpo_mega.data.synthetic import prepare_counting_dataset
@@ -35,7 +35,7 @@ def _dtrpo() -> list[str]:
 
 @pytest.mark.parametrize("command", [_dtrpo(), [sys.executable, "-m", "dtrpo_mega.cli"]], ids=["dtrpo", "python-m"])
 def test_help_lists_every_subcommand(command):
-    proc = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    proc = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=patient(120), cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: dtrpo ")
     listed = re.findall(r"^    (\S+)", proc.stdout.split("commands:")[1].split("examples:")[0], re.MULTILINE)
@@ -249,12 +249,12 @@ def test_dtrpo_train_runs_one_process_and_generate_needs_no_flag(counting_data, 
     train = subprocess.run([*_dtrpo(), "train", f"data.path={counting_data}", "model.overrides={num_layers: 2}",
                             "train.global_batch_size=4", "train.train_steps=2", f"checkpoint.dir={tmp_path}/ckpt",
                             "checkpoint.save_interval=2", f"logging.dir={tmp_path}", "logging.progress_bar=false"],
-                           capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+                           capture_output=True, text=True, timeout=patient(600), cwd=REPO, env=env)
     assert train.returncode == 0, (train.stdout + train.stderr)[-4000:]
     assert "summary over 2 steps" in train.stdout
     generate = subprocess.run([*_dtrpo(), "generate", "--ckpt", str(tmp_path / "ckpt"), "--tokenizer",
                                str(Path(counting_data).parent / "tokenizer.json"), "--prompt", "count up from 5 :",
-                               "--max-new-tokens", "4"], capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                              env=env)
+                               "--max-new-tokens", "4"], capture_output=True, text=True, timeout=patient(600),
+                              cwd=tmp_path, env=env)
     assert generate.returncode == 0, generate.stderr[-4000:]
     assert generate.stdout.startswith("prompt format: plain, as its training data")

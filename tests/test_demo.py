@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, patient
 
 
 @pytest.mark.slow
 def test_demo_shows_dtrpo_raising_held_out_accuracy(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "demo.py"), f"demo.out={out}"], cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=patient(900))
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     before, after = map(int,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, patient
 from dtrpo_mega import cli
 from dtrpo_mega.data import ChatEncoder, Message
 from dtrpo_mega.data.synthetic import write_tokenizer
@@ -209,7 +209,7 @@ def test_loglikelihood_is_refused_with_what_works(lm):
 def test_lm_eval_is_imported_only_by_its_command():
     code = ("import sys, dtrpo_mega, dtrpo_mega.cli, dtrpo_mega.eval, dtrpo_mega.eval.lm_eval_cli; "
             "assert 'lm_eval' not in sys.modules, sorted(m for m in sys.modules if m.startswith('lm_eval'))")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=patient(120))
 
 
 @pytest.mark.slow  # 15-25 s: a fresh process imports torch, megatron-core and lm-eval
@@ -224,7 +224,7 @@ def test_dtrpo_lm_eval_command_runs_the_task_with_the_chat_template(tiny, task, 
                            "--batch_size", "3", "--apply_chat_template", "--log_samples",
                            "--output_path", str(tmp_path / "out")],
                           cwd=REPO, env={**os.environ, **offline, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=patient(300))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "out"
     (results,), (samples,) = out.rglob("results_*.json"), out.rglob(f"samples_{TASK}_*.jsonl")

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import REPO, free_port, run_torchrun
+from conftest import REPO, free_port, patient, run_torchrun
 from dtrpo_mega.checkpoint.model import load_model, save_model
 from dtrpo_mega.config import load_config
 from dtrpo_mega.checkpoint.integrity import MANIFEST
@@ -86,9 +86,9 @@ def test_a_second_job_in_the_same_checkpoint_dir_is_refused(world_of_one, counti
     (tmp_path / "ckpt").mkdir()
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); fcntl.lockf(f, fcntl.LOCK_EX); "
-        "f.write(f'pid {os.getpid()} on testhost\\n'); f.flush(); print('locked', flush=True); time.sleep(60)"),
+        "f.write(f'pid {os.getpid()} on testhost\\n'); f.flush(); print('locked', flush=True); sys.stdin.read()"),
                                str(tmp_path / "ckpt" / ".lock")],
-        stdout=subprocess.PIPE, text=True)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # holds the lock until killed
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ValueError, match=rf"checkpoint.dir .*ckpt is in use by pid {holder.pid} on testhost"):
@@ -168,6 +168,18 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(world_of_o
     assert (tmp_path / "run" / TRACKER).read_text().strip() == "iter_0000001"
 
 
+def _marked(marker: str) -> list:
+    """Live processes whose environment carries DTRPO_TEST_MARKER=marker."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if p.environ().get("DTRPO_TEST_MARKER") == marker:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
 @pytest.mark.slow
 def test_no_process_outlives_a_rank_killed_mid_save(tmp_path):
     """megatron's checkpoint writer forks writers and serves a results queue from a spawned manager;
@@ -197,16 +209,11 @@ if __name__ == "__main__":
 """)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "DTRPO_TEST_MARKER": marker}
     proc = subprocess.run([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          timeout=120)
+                          timeout=patient(120))
     assert proc.returncode == -signal.SIGKILL
-    time.sleep(2)
-    left = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if p.environ().get("DTRPO_TEST_MARKER") == marker:
-                left.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
+    deadline = time.monotonic() + patient(10)  # orphans of a killed parent take a moment to notice
+    while (left := _marked(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
     for p in left:
         p.kill()
     assert not left, [" ".join(p.info["cmdline"] or []) for p in left]
@@ -243,7 +250,7 @@ def test_training_errors_print_one_line_before_any_process_group(counting_data, 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}", "-m",
            "dtrpo_mega.train", f"data.path={counting_data}", "train.global_batch_size=3", f"logging.dir={tmp_path}"]
     proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=patient(300))
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert out.count("error: train.global_batch_size=3 must be a multiple") == 1, out[-3000:]
@@ -262,13 +269,12 @@ def test_train_sh_forwards_sigterm_and_exits_0(counting_data, tmp_path):
            "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
     proc = subprocess.Popen(["bash", str(REPO / "examples" / "train.sh")], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    metrics, deadline = tmp_path / "metrics.jsonl", time.time() + 240
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        assert proc.poll() is None and time.time() < deadline, (proc.stdout.read() if proc.poll() is not None
-                                                                else "no progress")
+    metrics = tmp_path / "metrics.jsonl"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):  # pytest-timeout bounds a hang
+        assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=300)
+    output, _ = proc.communicate(timeout=patient(300))
     assert proc.returncode == 0, output[-3000:]
     step = int(output.split("SIGTERM: saved a checkpoint at step ")[1].split()[0])
     assert (tmp_path / "ckpt" / TRACKER).read_text().strip() == f"iter_{step:07d}"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, patient
 from dtrpo_mega.data.synthetic import ListTask
 
 sys.path.insert(0, str(REPO / "examples" / "reproduce_small"))  # the reproduction is an example, not the library
@@ -27,7 +27,7 @@ STAGES = ["sft", "pairs", "dtrpo", "vrpo", "exact_trajectory", "mean_field"]
 def _run(out, report):
     cmd = [sys.executable, "examples/reproduce_small/run.py", "--seeds", "0", "1", "--jobs", "2", "--out", str(out),
            "--report", str(report), *REDUCED]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=patient(600),
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

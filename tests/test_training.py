@@ -1,6 +1,7 @@
 """dTRPO training: pure re-masking, identical policy/reference inputs, layout invariance, resume, SIGTERM."""
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_torchrun
+from conftest import REPO, patient, run_torchrun
 from dtrpo_mega.parallel.runtime import free_port
 from dtrpo_mega.config import load_config
 
@@ -113,6 +114,10 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, counting_data):
     assert (split / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "iter_0000003"
     output = _train(2, *_train_overrides(counting_data, split, "train.train_steps=6"))
     assert "resumed from" in output and "at step 3" in output
+    # what a save and a resume print is dtrpo_mega's own (megatron-core 0.19.2 / torch 2.9.1 notices folded)
+    noise = [line for line in output.splitlines() if re.search(r"\[Gloo\]|DEPRECATED|deprecated|No CUDA runtime|"
+                                                                  r"Warning|argument order", line)]
+    assert not noise, noise
     a, b = _losses(whole), _losses(split)
     assert sorted(b) == [1, 2, 3, 4, 5, 6]
     for step in range(1, 7):
@@ -147,14 +152,12 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, counting_data):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 240
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        assert proc.poll() is None and time.time() < deadline, (proc.stdout.read() if proc.poll() is not None
-                                                                else "no progress")
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):  # pytest-timeout bounds a hang
+        assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.5)
     for worker in psutil.Process(proc.pid).children():  # as Slurm does: every task gets SIGTERM
         worker.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=240)
+    output, _ = proc.communicate(timeout=patient(240))
     assert proc.returncode == 0, output[-3000:]
     assert "SIGTERM: saved a checkpoint at step" in output
     step = int(output.split("SIGTERM: saved a checkpoint at step ")[1].split()[0])

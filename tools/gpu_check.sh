@@ -9,7 +9,7 @@
 # machine without TE skips the te cases; GPU_CHECK_BUILD_TE=1 builds it from source first (needs
 # nvcc and cuDNN headers; takes longer than the 8 minutes).
 # Settings: PYTHON (python), GPU_CHECK_LIMIT_S (450: the whole check), GPU_CHECK_TESTS_LIMIT_S (180),
-# GPU_CHECK_OUT (runs/gpu_check: logs and JSON).
+# GPU_CHECK_OUT (runs/gpu_check: logs and JSON), GPU_CHECK_MEGATRON_CORE (the tested version for this Python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,17 +22,22 @@ mkdir -p "$OUT"
 
 "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.device_count() >= 1 else 'tools/gpu_check.sh needs a CUDA GPU; torch sees none')"
 
-# 1. Install. pip may resolve torch only to the installed build; the image's own constraints
-#    (NGC: PIP_CONSTRAINT=/etc/pip/constraint.txt) stay in force.
+# 1. Install. pip may resolve torch only to the installed build, and megatron-core only to the
+#    version the tests ran with on this Python (docs/gpu.md, "Tested versions": 0.19.2 on Python
+#    3.12, the NGC image's; 0.16.1, the newest for 3.11, on 3.11); GPU_CHECK_MEGATRON_CORE chooses
+#    another. The image's own constraints (NGC: PIP_CONSTRAINT=/etc/pip/constraint.txt) stay in force.
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 "$PYTHON" -c "import torch; print(f'torch=={torch.__version__}')" > "$constraints"
+megatron_core=${GPU_CHECK_MEGATRON_CORE:-$("$PYTHON" -c "import sys; print('0.19.2' if sys.version_info >= (3, 12) else '0.16.1')")}
+echo "megatron-core==$megatron_core" >> "$constraints"
 constraint_args=(-c "$constraints")
 for file in ${PIP_CONSTRAINT:-}; do constraint_args+=(-c "$file"); done
 
 "$PYTHON" -m pip install --quiet -e . --no-deps
-mapfile -t missing < <("$PYTHON" - <<'EOF'
+mapfile -t missing < <(MEGATRON_CORE=$megatron_core "$PYTHON" - <<'EOF'
 import importlib.metadata as metadata
+import os
 
 try:
     import tomllib
@@ -46,7 +51,9 @@ for line in project["dependencies"] + project["optional-dependencies"]["test"]:
     if requirement.name in ("torch", "lm-eval"):  # the image's torch; the harness is not needed by the GPU tests
         continue
     try:
-        if requirement.specifier.contains(metadata.version(requirement.name), prereleases=True):
+        installed = metadata.version(requirement.name)
+        pinned = os.environ["MEGATRON_CORE"] if requirement.name == "megatron-core" else None
+        if requirement.specifier.contains(installed, prereleases=True) and pinned in (None, installed.split("+")[0]):
             continue
     except metadata.PackageNotFoundError:
         pass
