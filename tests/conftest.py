@@ -15,7 +15,6 @@ from dtrpo_mega.parallel.runtime import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DISTRIBUTED = Path(__file__).resolve().parent / "distributed"
-IDLE_TEST_TIMEOUT_S = 600  # pytest-timeout's limit per test on an idle machine (pyproject's `timeout`)
 
 
 def slowdown() -> float:
@@ -31,9 +30,10 @@ def patient(seconds: float) -> float:
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item, nextitem):
-    """Each test's pytest-timeout limit, scaled by the load when it starts (set before its timer)."""
+    """Each test's pytest-timeout limit (pyproject's `timeout`, for an idle machine), scaled by the
+    load when it starts (set before its timer)."""
     if item.get_closest_marker("timeout") is None:
-        item.add_marker(pytest.mark.timeout(patient(IDLE_TEST_TIMEOUT_S)))
+        item.add_marker(pytest.mark.timeout(patient(float(item.config.getini("timeout")))))
     yield
 
 

@@ -32,11 +32,17 @@ def damage(folder: Path) -> Path:
     return shard
 
 
+def _saved(counting_data, tmp_path) -> Path:
+    """A model checkpoint of the counting data's model."""
+    folder = tmp_path / "model"
+    save_model(build_model(resolve_model_config(_config(counting_data, tmp_path)), seed=0), folder)
+    return folder
+
+
 @pytest.fixture
 def damaged(world_of_one, counting_data, tmp_path) -> Path:
     """A model checkpoint of the counting data's model, one of whose files is damaged."""
-    folder = tmp_path / "model"
-    save_model(build_model(resolve_model_config(_config(counting_data, tmp_path)), seed=0), folder)
+    folder = _saved(counting_data, tmp_path)
     damage(folder)
     return folder
 
@@ -57,8 +63,7 @@ def test_convert_export_refuses_a_damaged_checkpoint(damaged, tmp_path, capsys):
 def test_convert_export_refuses_a_checkpoint_without_its_manifest(world_of_one, counting_data, tmp_path):
     from dtrpo_mega.convert import export_hf
 
-    folder = tmp_path / "model"
-    save_model(build_model(resolve_model_config(_config(counting_data, tmp_path)), seed=0), folder)
+    folder = _saved(counting_data, tmp_path)
     (folder / MANIFEST).unlink()
     with pytest.raises(ValueError, match=rf"{folder} has no {MANIFEST}"):
         export_hf(folder, tmp_path / "hf", log=lambda *_: None)
