@@ -1,5 +1,7 @@
 """Launcher environments: torchrun's variables win; srun tasks are mapped; errors are explicit."""
 
+import os
+
 import pytest
 
 from dtrpo_mega.parallel.runtime import env_from_slurm
@@ -26,3 +28,16 @@ def test_parallel_layout_must_divide_the_world(world_of_one):
 
     with pytest.raises(ValueError, match="world size 1 is not divisible by TP=2 x PP=1"):
         initialize(ParallelConfig(2, 1))
+
+
+def test_initializing_the_same_layout_again_keeps_its_groups(world_of_one):
+    """Tools and tests initialize again in one process: the same layout reuses megatron's groups
+    instead of leaving gloo groups (and their polling threads) behind."""
+    from dtrpo_mega.parallel.runtime import ParallelConfig, initialize
+
+    first = initialize(ParallelConfig(), seed=1)
+    threads = len(os.listdir("/proc/self/task"))
+    again = [initialize(ParallelConfig(), seed=2) for _ in range(5)]
+    groups = lambda r: (r.pg_collection.tp, r.pg_collection.pp, r.pg_collection.dp_cp)  # noqa: E731
+    assert all(a is b for r in again for a, b in zip(groups(r), groups(first)))
+    assert len(os.listdir("/proc/self/task")) <= threads

@@ -9,6 +9,7 @@ pieces. Rows are compared where they are whole (CP=1).
 """
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def one_step(data, family, tp, pp, cp, mbs):
 def main():
     data, work, family = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     expected_metrics = expected_rows = None
+    threads = []
     for n, (tp, pp, cp, mbs) in enumerate(LAYOUTS):
         name = f"TP={tp} PP={pp} CP={cp} " + (f"micro_batch={mbs}" if mbs else "packed")
         cfg, run, policy = one_step(data, family, tp, pp, cp, mbs)
@@ -107,6 +109,9 @@ def main():
         dist.barrier()
         if dist.get_rank() == 0:
             print(f"INVARIANT OK {name} DP={run.runtime.dp}", flush=True)
+        threads.append(len(os.listdir("/proc/self/task")))
+    # each layout's process groups are destroyed when the next is made: their gloo threads go with them
+    assert max(threads) <= 2 * threads[0], f"threads after each layout: {threads}"
 
 
 if __name__ == "__main__":
