@@ -26,9 +26,11 @@ import warnings
 FALLBACK = re.compile(r"(Transformer Engine|Apex|apex)\b.*\bnot (installed|available)|Falling back to|full scope is "
                       r"deprecated", re.IGNORECASE)
 # raised inside torch's / megatron-core's distributed checkpointing; not about anything dtrpo_mega or its user calls
-# (megatron-core 0.19.2's loader calls torch's `checkpoint.load` in a way torch 2.9.1 warns about twice)
+# (megatron-core 0.19.2's loader calls torch's `checkpoint.load` in a way torch 2.9.1 warns about twice; torch
+# 2.9.1's DCP writer calls the deprecated `tensor.storage()`)
 UPSTREAM = re.compile(r"`load_state_dict` is deprecated|Please use DTensor instead|torch\.distributed is disabled, "
-                      r"unavailable or uninitialized|The argument order of load has been changed")
+                      r"unavailable or uninitialized|The argument order of load has been changed|TypedStorage is "
+                      r"deprecated")
 NO_GPU_HINT = re.compile(r"CUDA_DEVICE_MAX_CONNECTIONS")
 # logger -> notice it logs that is not the user's to act on (megatron-core 0.19.2, torch 2.9.1)
 UPSTREAM_LOGS = {
@@ -36,6 +38,8 @@ UPSTREAM_LOGS = {
     "megatron.core.models.gpt.gpt_model": re.compile(r"GPTModel IS DEPRECATED"),
     # its synchronous save runs the async path with async_strategy="mcore" and logs this on every rank
     "megatron.core.dist_checkpointing.strategies.torch": re.compile(r"MCore's async save is deprecated"),
+    # it reads common.pt first where one exists, and every save writes one for 0.16.1 (compat.write_common_state_file)
+    "megatron.core.dist_checkpointing.strategies.common": re.compile(r"load_common is deprecated"),
 }
 # a CUDA build of torch without a driver (a login node, CI), at `import torch.utils.cpp_extension`
 NO_GPU_LOGS = {"torch.utils.cpp_extension": re.compile(r"No CUDA runtime is found")}

@@ -52,11 +52,26 @@ def test_upstream_notices_are_folded_and_the_rest_is_logged(caplog):
         logging.getLogger("megatron.core.models.gpt.gpt_model").warning("GPTModel IS DEPRECATED. GPTModel is ...")
         logging.getLogger("megatron.core.dist_checkpointing.strategies.torch").warning(
             "MCore's async save is deprecated and will be removed in the future releases.")
+        logging.getLogger("megatron.core.dist_checkpointing.strategies.common").warning(
+            "load_common is deprecated and will be removed in a future release. `torch_dist` now handles ...")
         logging.getLogger("torch.utils.cpp_extension").warning("No CUDA runtime is found, using CUDA_HOME='/usr'")
         logging.getLogger("megatron.core.models.gpt.gpt_model").warning("a real problem")
     no_gpu = [] if torch.cuda.is_available() else ["No CUDA runtime is found, using CUDA_HOME='/usr'"]
     assert [r.getMessage() for r in caplog.records] == [m for m in ["No CUDA runtime is found, using CUDA_HOME='/usr'",
                                                                      "a real problem"] if m not in no_gpu]
+
+
+@pytest.mark.parametrize("message", [
+    "torch.distributed is disabled, unavailable or uninitialized, assuming the intent is to load in a single process.",
+    "The argument order of load has been changed. Please check the document to avoid future breakages.",
+    "TypedStorage is deprecated. It will be removed in the future and UntypedStorage will be the only storage class.",
+])
+def test_torch_2_9_checkpointing_warnings_are_upstream_ones(message):
+    """What torch 2.9.1's DCP warns while megatron-core 0.19.2 saves and loads (seen in its test run)."""
+    from dtrpo_mega import quiet
+
+    assert quiet.UPSTREAM.search(message)
+    assert not quiet.UPSTREAM.search("checkpoint.dir is not writable")
 
 
 def test_gloo_banner_is_dropped_and_the_rest_of_stdout_kept_in_order():
