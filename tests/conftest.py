@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dtrpo_mega import quiet
 from dtrpo_mega.parallel.runtime import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,6 +27,12 @@ def patient(seconds: float) -> float:
     """A limit for waiting on work that takes well under `seconds` on an idle machine: the same
     work on a machine loaded k times over gets k times as long, so only a hang fails it."""
     return seconds * slowdown()
+
+
+def pytest_configure(config):
+    """pytest shows warnings itself: the upstream checkpointing ones that dtrpo_mega folds for its
+    users (quiet.UPSTREAM, one list) are left out of its summary too."""
+    config.addinivalue_line("filterwarnings", f"ignore:{quiet.UPSTREAM.pattern}:UserWarning")
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
