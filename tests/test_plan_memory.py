@@ -25,6 +25,7 @@ from dtrpo_mega.models.recompute import RecomputeConfig, RecomputeGranularity, R
 from dtrpo_mega.perf import memory as M
 from dtrpo_mega.perf.activations import SavedActivations
 from dtrpo_mega.rows import RowBuilder
+from dtrpo_mega.rows.samples import shared_prompt_length
 
 SHAPES = {  # Qwen2 GQA with q/k/v bias; Qwen3 q/k norm, wider, tied; LLaMA-style MHA
     "fast_dllm_v2": ("fast_dllm_v2", {}),
@@ -61,12 +62,14 @@ def _rope_saved(s: M.Settings) -> bool:
     return g == RecomputeGranularity.NONE or not all(r for *_, r in checkpoint_spans(s.recompute, s.stage_layers))
 
 
-def _compare(name: str, work: M.Workload, recompute: str, bf16: bool = False) -> float:
+def _compare(name: str, work: M.Workload, recompute: str, bf16: bool = False, share_prompt: bool = True) -> float:
+    """Predicted over measured saved activations, the rows' prompt shared by default (`data.share_prompt`)."""
     cfg = _model(name)
-    work = dataclasses.replace(work, block_origin=cfg.diffusion.origin(work.prompt_length))
+    shared = int(shared_prompt_length(work.prompt_length, cfg.diffusion)) if share_prompt else 0
+    work = dataclasses.replace(work, block_origin=cfg.diffusion.origin(work.prompt_length), shared_prompt=shared)
     s = M.Settings(cfg, bf16=bf16, backend="local", transformer_impl="local", recompute=RECOMPUTE[recompute])
     rows = RowBuilder(cfg, SchedulerConfig(), Objective.DTRPO, seed=1, pad_to_multiple=work.pad_to_multiple,
-                      layout=ScoringLayout.ONE_PASS)
+                      layout=ScoringLayout.ONE_PASS, share_prompt=share_prompt)
     pairs = _pairs(work.pairs_per_step, work.prompt_length, work.response_length)
     mb = (rows.packed_micro_batches(pairs, 0, work.packed_tokens)[0] if work.packed_tokens
           else rows.micro_batch(pairs, 0))
@@ -78,7 +81,8 @@ def _compare(name: str, work: M.Workload, recompute: str, bf16: bool = False) ->
         model(mb.tokens, mb.layout, labels=mb.labels)
     predicted = sum(M.saved_bytes(s, shape).values()) + _rope_saved(s) * M.cache_bytes(s, shape)["rope"]
     ratio = predicted / saved.bytes
-    print(f"\nmeasured {name} {'bf16' if bf16 else 'fp32'} rows {shape.rows}x{shape.tokens} recompute {recompute}: "
+    print(f"\nmeasured {name} {'bf16' if bf16 else 'fp32'} rows {shape.rows}x{shape.tokens} (shared prompt {shared}) "
+          f"recompute {recompute}: "
           f"measured {saved.bytes} predicted {predicted:.0f} ratio {ratio:.4f}")
     return ratio
 
@@ -89,6 +93,29 @@ def _compare(name: str, work: M.Workload, recompute: str, bf16: bool = False) ->
 def test_measured_activations_fp32(world_of_one, name, prompt, response, pairs, recompute):
     work = M.Workload(prompt, response, pairs_per_micro_batch=pairs, pairs_per_step=pairs)
     assert abs(_compare(name, work, recompute) - 1) < 0.15
+
+
+@pytest.mark.parametrize("recompute", ["none", "full"])
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_measured_activations_of_rows_without_a_shared_prompt(world_of_one, name, recompute):
+    work = M.Workload(20, 40, pairs_per_micro_batch=2, pairs_per_step=2)
+    assert abs(_compare(name, work, recompute, share_prompt=False) - 1) < 0.15
+
+
+def test_a_shared_prompt_is_planned_as_built(world_of_one):
+    """Rows per pair, tokens per pair, and what the planner says of a config: the builder's rows."""
+    from dtrpo_mega.config import load_config
+
+    model = model_config("sdar")  # block 4: a 21-token prompt shares its first 20 positions
+    for share, rows_per_pair in ((None, 1), (False, 2)):
+        cfg = load_config(overrides=[f"data.share_prompt={'null' if share is None else 'false'}"])
+        _, work = M.from_train_config(cfg, model, dp=1, prompt_length=21, response_length=30)
+        assert work.shared_prompt == (20 if share is None else 0)
+        mb = RowBuilder(model, cfg.scheduler, cfg.objective.name, seed=1, share_prompt=share,
+                        pad_to_multiple=cfg.data.pad_to_multiple).micro_batch(_pairs(1, 21, 30), 0)
+        assert tuple(mb.tokens.shape) == dataclasses.astuple(work.shape(model.block_size))
+        assert mb.tokens.shape[0] == rows_per_pair
+        assert mb.tokens.numel() - mb.padding_tokens() == work.pair_tokens(model.block_size)
 
 
 @pytest.mark.parametrize("recompute", list(RECOMPUTE))

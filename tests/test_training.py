@@ -83,12 +83,14 @@ def test_policy_and_reference_receive_identical_inputs(world_of_one, counting_da
 @pytest.mark.parametrize("family", ["fast_dllm_v2", "sdar"])
 def test_one_step_is_invariant_to_tp_pp_dp_and_micro_batches(tmp_path, counting_datasets, family):
     output = run_torchrun("train_invariance.py", 4, counting_datasets(family), str(tmp_path), family)
-    for layout in ("TP=1 PP=1 CP=1 micro_batch=1 DP=4", "TP=2 PP=1 CP=1 micro_batch=2 DP=2",
-                   "TP=1 PP=2 CP=1 micro_batch=4 DP=2", "TP=2 PP=2 CP=1 micro_batch=1 DP=1",
-                   "TP=2 PP=2 CP=1 micro_batch=8 DP=1", "TP=1 PP=1 CP=1 packed DP=4", "TP=2 PP=2 CP=1 packed DP=1",
-                   "TP=1 PP=1 CP=2 micro_batch=2 DP=2", "TP=2 PP=1 CP=2 micro_batch=1 DP=1",
-                   "TP=1 PP=2 CP=2 micro_batch=4 DP=1", "TP=1 PP=1 CP=4 micro_batch=8 DP=1",
-                   "TP=1 PP=1 CP=2 packed DP=2", "TP=2 PP=1 CP=2 packed DP=1"):
+    for layout in ("TP=1 PP=1 CP=1 micro_batch=1 shared DP=4", "TP=2 PP=1 CP=1 micro_batch=2 shared DP=2",
+                   "TP=1 PP=2 CP=1 micro_batch=4 shared DP=2", "TP=2 PP=2 CP=1 micro_batch=1 shared DP=1",
+                   "TP=2 PP=2 CP=1 micro_batch=8 shared DP=1", "TP=1 PP=1 CP=1 packed shared DP=4",
+                   "TP=2 PP=2 CP=1 packed shared DP=1", "TP=2 PP=2 CP=1 packed DP=1",
+                   "TP=1 PP=1 CP=2 micro_batch=2 shared DP=2", "TP=1 PP=1 CP=2 micro_batch=2 DP=2",
+                   "TP=2 PP=1 CP=2 micro_batch=1 shared DP=1", "TP=1 PP=2 CP=2 micro_batch=4 shared DP=1",
+                   "TP=1 PP=1 CP=4 micro_batch=8 shared DP=1", "TP=1 PP=1 CP=2 packed shared DP=2",
+                   "TP=2 PP=1 CP=2 packed shared DP=1"):
         assert f"INVARIANT OK {layout}" in output, output[-3000:]
 
 

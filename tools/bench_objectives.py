@@ -30,7 +30,8 @@ OBJECTIVES = ["dpo_causal", "dtrpo", "vrpo_1", "vrpo_4", "vrpo_8", "exact_trajec
 
 
 def micro_batch(objective: str, args, model_cfg):
-    """The policy/reference micro-batch of `args.pairs` random pairs under one objective."""
+    """The policy/reference micro-batch of `args.pairs` random pairs under one objective, and its
+    sequence samples (the rows of each, or its `[z~ ; y0]` samples with their shared prompts)."""
     from dtrpo_mega.data import PreferencePair
     from dtrpo_mega.diffusion.mask import MaskVariant, collate, plain_sample
     from dtrpo_mega.diffusion.scoring import Objective
@@ -46,12 +47,12 @@ def micro_batch(objective: str, args, model_cfg):
         tokens, layout = collate([plain_sample(s) for s in seqs], MaskVariant.CAUSAL, model_cfg.block_size, pad_id=0)
         labels = torch.zeros_like(tokens)
         labels[:, :-1] = tokens[:, 1:]
-        return tokens, layout, labels
+        return tokens, layout, labels, tokens.shape[0]
     name, _, n = objective.partition("_") if objective.startswith("vrpo") else (objective, "", "1")
     builder = RowBuilder(model_cfg, SchedulerConfig(tokens_per_step=args.tokens_per_step), Objective(name), seed=0,
                          vrpo_samples=int(n), pad_to_multiple=8)
     mb = builder.micro_batch(pairs, epoch=0)
-    return mb.tokens, mb.layout, mb.labels
+    return mb.tokens, mb.layout, mb.labels, mb.num_samples()
 
 
 def run_one(objective: str, args) -> dict:
@@ -65,7 +66,7 @@ def run_one(objective: str, args) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" and args.bf16 else torch.float32
     policy, reference = build_model(cfg, params_dtype=dtype), build_model(cfg, params_dtype=dtype).eval()
-    tokens, layout, labels = micro_batch(objective, args, cfg)
+    tokens, layout, labels, samples = micro_batch(objective, args, cfg)
     tokens, layout, labels = tokens.to(device), layout.to(device), labels.to(device)
 
     def step():
@@ -89,7 +90,7 @@ def run_one(objective: str, args) -> dict:
     return {
         "objective": objective, "response": args.response, "prompt": args.prompt,
         "ms_per_pair": 1000 * statistics.median(times) / args.pairs,
-        "rows_per_pair": tokens.shape[0] / args.pairs,
+        "rows_per_pair": samples / args.pairs,  # the training metric's: sequence samples, however laid out
         "tokens_per_pair": float(real.sum()) / args.pairs,  # through each of the policy and the reference
         "peak_mib": peak, "device": device, "dtype": str(dtype).replace("torch.", ""), "backend": args.backend,
     }

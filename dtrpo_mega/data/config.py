@@ -22,6 +22,7 @@ class DataConfig:
     fingerprint: str | None = None  # when set, the dataset at `path` must have exactly this fingerprint
     ref_confidence: str | None = None  # tools/precompute_reference.py confidence, for scheduler.order=ref_confidence
     last_block: str = "family"  # family | cut | mask | fill: a response without logged steps that ends inside a block
+    share_prompt: bool | None = None  # a pair's samples in one row, its prompt once (None: wherever rows are one-pass)
 
     def __post_init__(self):
         if self.last_block != "family" and self.last_block not in [b.value for b in LastBlock]:

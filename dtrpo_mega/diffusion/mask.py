@@ -7,7 +7,8 @@ A micro-batch is described per token by its rotary position, whether it belongs 
 (re-masked) half of a `[z~ ; y0]` sequence, its segment (sample) id (segment 0 is padding) and
 its block origin: blocks are `block_size` positions counted from the origin (0: absolute blocks,
 Fast-dLLM v2 and SDAR; the prompt length mod `block_size`: blocks that start at the prompt's end,
-LLaDA and Dream, see `diffusion/spec.py`).
+LLaDA and Dream, see `diffusion/spec.py`). A token may also see one other segment, its shared
+prompt (`data.share_prompt`: a pair's samples in one row, the prompt once, `rows/shared_prompt.py`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def may_attend(
     q_pos: Tensor,
     q_noisy: Tensor,
     q_seg: Tensor,
+    q_prompt: Tensor,
     k_pos: Tensor,
     k_noisy: Tensor,
     k_seg: Tensor,
@@ -42,8 +44,9 @@ def may_attend(
     Positions are relative to the token's block origin. Block diffusion, with blk = position // block_size:
       noisy -> noisy: same block; noisy -> clean: earlier block; clean -> clean: same or earlier
       block; clean -> noisy: never.
-    Tokens of different segments never see each other; padding sees only padding, so no row of
-    the mask is empty.
+    A query sees the keys of its own segment and of its prompt segment `q_prompt` (its shared
+    prompt's segment, or its own segment where it has none), no other; padding sees only padding,
+    so no row of the mask is empty.
     """
     if variant == MaskVariant.BIDIRECTIONAL:
         rule = torch.ones_like(q_seg == k_seg)
@@ -54,7 +57,7 @@ def may_attend(
         from_noisy = torch.where(k_noisy, q_blk == k_blk, k_blk < q_blk)
         from_clean = ~k_noisy & (k_blk <= q_blk)
         rule = torch.where(q_noisy, from_noisy, from_clean)
-    return (q_seg == k_seg) & (rule | (q_seg == PAD_SEGMENT))
+    return ((q_seg == k_seg) | (q_prompt == k_seg)) & (rule | (q_seg == PAD_SEGMENT))
 
 
 @dataclass(eq=False)
@@ -62,7 +65,9 @@ class TokenLayout:
     """Attention metadata of one micro-batch; the model receives it as its `attention_mask`.
 
     positions [b, s] rotary positions; noisy [b, s] noisy-half flags; segments [b, s] sample ids
-    (0 = padding); origins [b, s] each token's block origin (None: all 0), all over the whole row.
+    (0 = padding); origins [b, s] each token's block origin (None: all 0); prompt_segments [b, s]
+    the segment of each token's shared prompt, its own segment where it has none (None: all own),
+    all over the whole row.
     Under context parallelism a rank holds only some of the row's tokens: `query_index` [s_q] names
     them (its queries, in its local order) and `key_index` [s_k] the order of the keys after the
     all-gather of K/V over the CP group; `None` means the whole row in order. Derived tensors (dense
@@ -78,17 +83,19 @@ class TokenLayout:
     query_index: Tensor | None = None  # context parallel: this rank's tokens of the row
     key_index: Tensor | None = None  # context parallel: the row's tokens in all-gathered order
     origins: Tensor | None = None  # per token: where its blocks start (positions mod block_size)
+    prompt_segments: Tensor | None = None  # per token: the segment of its shared prompt (None: its own)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         shape = self.positions.shape
         origins = self.origins if self.origins is not None else self.positions
+        prompts = self.prompt_segments if self.prompt_segments is not None else self.segments
         if (self.positions.dim() != 2 or self.noisy.shape != shape or self.segments.shape != shape
-                or origins.shape != shape):
+                or origins.shape != shape or prompts.shape != shape):
             raise ValueError(
                 f"TokenLayout tensors must all be [batch, seq]; got positions {tuple(shape)}, "
                 f"noisy {tuple(self.noisy.shape)}, segments {tuple(self.segments.shape)}, origins "
-                f"{tuple(origins.shape)}"
+                f"{tuple(origins.shape)}, prompt_segments {tuple(prompts.shape)}"
             )
         if self.variant != MaskVariant.BLOCK_DIFFUSION and bool(self.noisy.any()):
             raise ValueError(f"variant {self.variant.value!r} has no noisy half")
@@ -111,14 +118,16 @@ class TokenLayout:
             self._cache[key] = build()
         return self._cache[key]
 
-    def _fields(self, index: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _fields(self, index: Tensor | None, *extra: Tensor) -> tuple[Tensor, ...]:
         relative = self.positions if self.origins is None else self.positions - self.origins
-        fields = (relative, self.noisy, self.segments)
+        fields = (relative, self.noisy, self.segments, *extra)
         return fields if index is None else tuple(t[:, index] for t in fields)
 
-    def queries(self) -> tuple[Tensor, Tensor, Tensor]:
-        """The predicate's (positions from the block origin, noisy, segments) [b, s_q] of this rank's queries."""
-        return self._fields(self.query_index)
+    def queries(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The predicate's (positions from the block origin, noisy, segments, prompt segments) [b, s_q]
+        of this rank's queries."""
+        prompts = self.segments if self.prompt_segments is None else self.prompt_segments
+        return self._fields(self.query_index, prompts)
 
     def keys(self) -> tuple[Tensor, Tensor, Tensor]:
         """The predicate's (positions from the block origin, noisy, segments) [b, s_k] of the keys, in
@@ -133,10 +142,10 @@ class TokenLayout:
         """Dense boolean mask [b, 1, s_q, s_k], True where attention is allowed."""
 
         def build():
-            (qp, qn, qs), (kp, kn, ks) = self.queries(), self.keys()
+            (qp, qn, qs, qr), (kp, kn, ks) = self.queries(), self.keys()
             q = lambda t: t[:, None, :, None]  # noqa: E731
             k = lambda t: t[:, None, None, :]  # noqa: E731
-            return may_attend(self.variant, self.block_size, q(qp), q(qn), q(qs), k(kp), k(kn), k(ks))
+            return may_attend(self.variant, self.block_size, q(qp), q(qn), q(qs), q(qr), k(kp), k(kn), k(ks))
 
         return self.cached("allowed", build)
 
@@ -149,7 +158,7 @@ class TokenLayout:
         return TokenLayout(
             self.positions.to(device), self.noisy.to(device), self.segments.to(device),
             self.variant, self.block_size, self.kv_cache, move(self.query_index), move(self.key_index),
-            move(self.origins),
+            move(self.origins), move(self.prompt_segments),
         )
 
 

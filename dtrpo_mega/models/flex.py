@@ -42,15 +42,17 @@ def bucket_length(n: int) -> int:
     return (octave * 3 // 4 if tiles <= octave * 3 // 4 else octave) * TILE
 
 
-def _padded(fields: tuple[Tensor, Tensor, Tensor], length: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """(positions, noisy, segments) [b, length]: padding tokens at position 0, clean, segments -1, -2, ...
+def _padded(fields: tuple[Tensor, ...], length: int, device: torch.device) -> tuple[Tensor, ...]:
+    """(positions, noisy, segments[, prompt segments]) [b, length]: padding tokens at position 0,
+    clean, segments (and prompt segments) -1, -2, ...
 
     Always new tensors: query and key fields sharing storage would be another dynamo guard.
     """
-    positions, noisy, segments = (t.to(device) for t in fields)
+    positions, noisy, *segment_fields = (t.to(device) for t in fields)
     pad = length - positions.shape[1]
     own = -torch.arange(1, pad + 1, device=device).expand(positions.shape[0], pad)
-    return F.pad(positions, (0, pad)), F.pad(noisy, (0, pad)), torch.cat([segments, own.to(segments.dtype)], dim=1)
+    return (F.pad(positions, (0, pad)), F.pad(noisy, (0, pad)),
+            *(torch.cat([t, own.to(t.dtype)], dim=1) for t in segment_fields))
 
 
 def block_mask(layout: TokenLayout, device: torch.device):
@@ -60,11 +62,12 @@ def block_mask(layout: TokenLayout, device: torch.device):
     def build():
         queries, keys = layout.queries(), layout.keys()
         q_len, kv_len = bucket_length(queries[0].shape[1]), bucket_length(keys[0].shape[1])
-        (qp, qn, qs), (kp, kn, ks) = _padded(queries, q_len, device), _padded(keys, kv_len, device)
+        (qp, qn, qs, qr), (kp, kn, ks) = _padded(queries, q_len, device), _padded(keys, kv_len, device)
         variant, block_size = layout.variant, layout.block_size
 
         def mask_mod(b, h, q, k):
-            return may_attend(variant, block_size, qp[b, q], qn[b, q], qs[b, q], kp[b, k], kn[b, k], ks[b, k])
+            return may_attend(variant, block_size, qp[b, q], qn[b, q], qs[b, q], qr[b, q], kp[b, k], kn[b, k],
+                              ks[b, k])
 
         # Compiled on CUDA, so a long row's [b, q, kv] mask need not be materialized whole.
         return create_block_mask(mask_mod, B=qp.shape[0], H=None, Q_LEN=q_len, KV_LEN=kv_len, device=device,

@@ -61,10 +61,11 @@ def attention_flops_per_pair(cfg: DLLMConfig) -> int:
     return 4 * cfg.num_attention_heads * _head_dim(cfg) * cfg.num_layers
 
 
-def _pad_to_tiles(fields: tuple[Tensor, Tensor, Tensor], tile: int, segment: int) -> tuple[Tensor, Tensor, Tensor]:
-    positions, noisy, segments = fields
+def _pad_to_tiles(fields: tuple[Tensor, ...], tile: int, segment: int) -> tuple[Tensor, ...]:
+    positions, noisy, *segment_fields = fields
     pad = -positions.shape[1] % tile
-    return F.pad(positions, (0, pad)), F.pad(noisy, (0, pad)), F.pad(segments, (0, pad), value=segment)
+    return (F.pad(positions, (0, pad)), F.pad(noisy, (0, pad)),
+            *(F.pad(t, (0, pad), value=segment) for t in segment_fields))
 
 
 def tile_counts(layout: TokenLayout, tile: int = TILE, rows: int = 512) -> Tensor:
@@ -75,14 +76,14 @@ def tile_counts(layout: TokenLayout, tile: int = TILE, rows: int = 512) -> Tenso
     if rows % tile:
         raise ValueError(f"rows ({rows}) must be a multiple of the tile ({tile})")
     # Queries up to whole tiles are padding; keys up to whole tiles a segment no query has.
-    qp, qn, qs = _pad_to_tiles(layout.queries(), tile, PAD_SEGMENT)
+    qp, qn, qs, qr = _pad_to_tiles(layout.queries(), tile, PAD_SEGMENT)
     kp, kn, ks = _pad_to_tiles(layout.keys(), tile, int(layout.segments.min()) - 1)
     key = lambda t: t[:, None, :]  # noqa: E731
     chunks = []
     for start in range(0, qp.shape[1], rows):
         query = lambda t: t[:, start : start + rows, None]  # noqa: E731
-        allowed = may_attend(layout.variant, layout.block_size, query(qp), query(qn), query(qs), key(kp), key(kn),
-                             key(ks))
+        allowed = may_attend(layout.variant, layout.block_size, query(qp), query(qn), query(qs), query(qr), key(kp),
+                             key(kn), key(ks))
         allowed &= query(qs) != PAD_SEGMENT
         b, n, s_k = allowed.shape
         chunks.append(allowed.view(b, n // tile, tile, s_k // tile, tile).sum(2, dtype=torch.int64).sum(-1))

@@ -26,6 +26,7 @@ from dtrpo_mega.diffusion.trajectory import SchedulerMode
 from dtrpo_mega.models.attention import AttentionBackend
 from dtrpo_mega.models.config import DLLMConfig
 from dtrpo_mega.models.recompute import RecomputeConfig, RecomputeGranularity, checkpoint_spans
+from dtrpo_mega.rows.samples import shared_prompt_length
 
 IMPLS = ("transformer_engine", "local")
 FLEX_BLOCK = 128  # flex_attention's default block size
@@ -66,6 +67,7 @@ class Workload:
     pairs_per_step: int = 1  # per data-parallel rank; bounds the micro-batches in flight
     plain: bool = False  # objective.scoring=per_block: plain rows of prompt + response (no noisy copy)
     block_origin: int = 0  # where blocks start (`DiffusionSpec.origin` of the prompt length)
+    shared_prompt: int = 0  # data.share_prompt: prompt positions a pair's rows hold once (`shared_prompt_length`)
 
     def sample_tokens(self, block_size: int) -> int:
         """One sample: a plain row, or `[z~ ; y0]` whose noisy copy starts at the block of the first response token."""
@@ -73,12 +75,16 @@ class Workload:
         return n if self.plain else 2 * n - noisy_start(p, block_size, self.block_origin)
 
     def pair_tokens(self, block_size: int) -> int:
-        return self.rows_per_pair * self.sample_tokens(block_size)
+        """Tokens of a pair's samples, their shared prompt once."""
+        return self.rows_per_pair * self.sample_tokens(block_size) - (self.rows_per_pair - 1) * self.shared_prompt
 
     def shape(self, block_size: int, cp: int = 1) -> Shape:
+        """Unpacked: a row per sample, or per pair when its samples share their prompt."""
         if self.packed_tokens:
             return Shape(1, self.packed_tokens)
         pad = math.lcm(self.pad_to_multiple, 2 * cp) if cp > 1 else self.pad_to_multiple
+        if self.shared_prompt:
+            return Shape(self.pairs_per_micro_batch, -(-self.pair_tokens(block_size) // pad) * pad)
         return Shape(self.rows_per_pair * self.pairs_per_micro_batch, -(-self.sample_tokens(block_size) // pad) * pad)
 
     def micro_batches(self, block_size: int) -> int:
@@ -370,8 +376,10 @@ def from_train_config(cfg: TrainConfig, model: DLLMConfig, dp: int, prompt_lengt
     per_sequence = cfg.objective.vrpo_samples if obj == Objective.VRPO else 1
     if plain and obj == Objective.DTRPO and cfg.scheduler.mode != SchedulerMode.RANDOM_MASK:
         per_sequence = -(-response_length // model.block_size)  # one row per block
+    share = not plain and cfg.data.share_prompt is not False  # per-block rows cannot share (the trainer refuses)
     work = Workload(
         prompt_length, response_length, plain=plain, block_origin=model.diffusion.origin(prompt_length),
+        shared_prompt=int(shared_prompt_length(prompt_length, model.diffusion)) if share else 0,
         rows_per_pair=(2 if obj.is_preference else 1) * per_sequence,
         pairs_per_micro_batch=cfg.train.micro_batch_size, pad_to_multiple=cfg.data.pad_to_multiple,
         packed_tokens=cfg.train.micro_batch_tokens if cfg.data.packing else 0,

@@ -2,8 +2,8 @@
 precomputation, evaluation and the benchmarks.
 
 A micro-batch holds whole pairs (chosen and rejected together). Each of its rows holds one
-sequence's `[z~ ; y0]` sample or, packed, several sequences one after another (each its own
-segment with its own positions). Per token: the label the logit there is scored against, the
+sequence's `[z~ ; y0]` sample or, packed or with a shared prompt, several one after another (each
+its own segment with its own positions; a shared prompt is a segment of its own). Per token: the label the logit there is scored against, the
 estimator weight (0: not scored) and which (pair slot, role) sequence the token belongs to; the
 trajectory log-ratio estimate of a sequence is `sum weight * log-prob` over its tokens.
 """
@@ -36,16 +36,27 @@ class ScoredRows:
     def num_pairs(self) -> int:
         return self.pair_index.numel()
 
+    def shared_prompts(self, row: int) -> set[int]:
+        """The segments of `row` that are shared prompts (`data.share_prompt`), not samples."""
+        lay = self.layout
+        if lay.prompt_segments is None:
+            return set()
+        sharing = lay.prompt_segments[row] != lay.segments[row]
+        return set(lay.prompt_segments[row][sharing].tolist())
+
     def num_samples(self) -> int:
-        """`[z~ ; y0]` samples in the rows (a packed row holds several, one per segment)."""
-        return int(self.layout.segments.amax(dim=1).sum())
+        """`[z~ ; y0]` samples in the rows (a packed or shared-prompt row holds several, one per segment)."""
+        segments = int(self.layout.segments.amax(dim=1).sum())
+        return segments - sum(len(self.shared_prompts(r)) for r in range(self.tokens.shape[0]))
 
     def samples(self) -> list[tuple[int, int, int, Tensor]]:
-        """(pair slot, role, row, token mask [s]) of every sample, row by row (whole rows only)."""
+        """(pair slot, role, row, token mask [s]) of every sample, row by row (whole rows only; a
+        shared prompt is no sample's)."""
         out = []
         for r in range(self.tokens.shape[0]):
+            prompts = self.shared_prompts(r)
             for segment in self.layout.segments[r].unique().tolist():
-                if segment != PAD_SEGMENT:
+                if segment != PAD_SEGMENT and segment not in prompts:
                     mask = self.layout.segments[r] == segment
                     sequence = int(self.sequence[r][mask][0])
                     out.append((sequence // 2, sequence % 2, r, mask))

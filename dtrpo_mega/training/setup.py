@@ -27,6 +27,7 @@ from dtrpo_mega.models.dllm import build_model
 from dtrpo_mega.models.families import get_family, model_config
 from dtrpo_mega.parallel.runtime import Runtime, initialize
 from dtrpo_mega.rows import ConfidenceTable, RowBuilder, ScoredRows
+from dtrpo_mega.rows.samples import shared_prompt_length
 from dtrpo_mega.training.batches import DataOrder
 from dtrpo_mega.training.reference import PrecomputedReference, ResidentReference
 
@@ -74,7 +75,8 @@ def setup_run(cfg: TrainConfig) -> Run:
     rows = RowBuilder(model_cfg, cfg.scheduler, cfg.objective.name, cfg.train.seed, cfg.objective.vrpo_samples, pad,
                       layout=cfg.objective.layout(model_cfg.family), sft=cfg.objective.sft(model_cfg.family),
                       last_block=cfg.data.last_block_rule(get_family(model_cfg.family).last_block),
-                      end_of_turn_id=tokenizer.get("end_of_turn_id"), fill_id=tokenizer.get("fill_id"))
+                      end_of_turn_id=tokenizer.get("end_of_turn_id"), fill_id=tokenizer.get("fill_id"),
+                      share_prompt=cfg.data.share_prompt)
     if cfg.data.packing:
         check_pairs_fit(dataset, rows, cfg)
     order = DataOrder(len(dataset), cfg.train.global_batch_size, cfg.train.seed)
@@ -105,6 +107,9 @@ def check_pairs_fit(dataset: PreferenceDataset, rows: RowBuilder, cfg: TrainConf
         return 2 * n - start
 
     tokens = per_sequence * (sample(b, c) + (sample(c, d) if cfg.objective.name.is_preference else 0))
+    if rows.share_prompt:  # the pair's samples see one copy of it
+        samples = per_sequence * (2 if cfg.objective.name.is_preference else 1)
+        tokens -= (samples - 1) * shared_prompt_length(prompt, spec)
     longest = int(tokens.argmax())
     if tokens[longest] > cfg.train.micro_batch_tokens:
         raise ValueError(f"train.micro_batch_tokens={cfg.train.micro_batch_tokens} is smaller than pair {longest} of "

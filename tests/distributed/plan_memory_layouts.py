@@ -25,6 +25,7 @@ from dtrpo_mega.parallel.runtime import ParallelConfig, initialize
 from dtrpo_mega.perf import memory as M
 from dtrpo_mega.perf.activations import SavedActivations
 from dtrpo_mega.rows import RowBuilder
+from dtrpo_mega.rows.samples import shared_prompt_length
 
 LAYOUTS = [(2, 1, 1), (1, 2, 1), (1, 1, 2)]  # (TP, PP, CP)
 PROMPT, RESPONSE, PAIRS = 13, 40, 2
@@ -45,7 +46,8 @@ def measure(cfg, tp: int, pp: int, cp: int, granularity: RecomputeGranularity) -
                     pad_to_multiple=8).micro_batch(pairs, 0).context_shard(cp_rank, cp)
     settings = M.Settings(cfg, M.ParallelLayout(tp, pp, cp), bf16=False, backend="local", transformer_impl="local",
                           recompute=recompute)
-    shape = M.Workload(PROMPT, RESPONSE, pairs_per_micro_batch=PAIRS).shape(cfg.block_size, cp)
+    shared = int(shared_prompt_length(PROMPT, cfg.diffusion))  # the default: the pair's samples in one row
+    shape = M.Workload(PROMPT, RESPONSE, pairs_per_micro_batch=PAIRS, shared_prompt=shared).shape(cfg.block_size, cp)
     rows, tokens = mb.tokens.shape
     assert (rows, tokens * cp) == (shape.rows, shape.tokens)
     if stage > 0:

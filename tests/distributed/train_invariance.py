@@ -5,7 +5,9 @@ Usage: torchrun --nproc-per-node 4 train_invariance.py DATA_PREFIX WORK_DIR FAMI
 The same global batch (8 pairs) runs at TP1PP1 (DP4), with a different micro-batch split, at
 TP2 (DP2), PP2 (DP2) and TP2xPP2 (DP1, two splits), packed into rows of a token budget, and
 with context parallelism (CP2 with DP, TP or PP; CP4; packed), through the training code's own
-pieces. Rows are compared where they are whole (CP=1).
+pieces, each pair's samples in one row with their prompt once (`data.share_prompt`, the default)
+or, at the first layout and a few others, every sample in its own row. Rows are compared where
+they are whole (CP=1), among layouts of the same kind.
 """
 
 import hashlib
@@ -25,9 +27,11 @@ from dtrpo_mega.training.reference import ResidentReference
 from dtrpo_mega.training.setup import build_policy, build_reference_model, setup_run
 from dtrpo_mega.training.step import forward_backward
 
-# (TP, PP, CP, pairs per micro-batch or 0 when packed); the global batch is 8 pairs.
-LAYOUTS = [(1, 1, 1, 2), (1, 1, 1, 1), (2, 1, 1, 2), (1, 2, 1, 4), (2, 2, 1, 1), (2, 2, 1, 8), (1, 1, 1, 0),
-           (2, 2, 1, 0), (1, 1, 2, 2), (2, 1, 2, 1), (1, 2, 2, 4), (1, 1, 4, 8), (1, 1, 2, 0), (2, 1, 2, 0)]
+# (TP, PP, CP, pairs per micro-batch or 0 when packed, shared prompt); the global batch is 8 pairs.
+LAYOUTS = [(1, 1, 1, 2, False), (1, 1, 1, 1, True), (2, 1, 1, 2, True), (1, 2, 1, 4, True), (2, 2, 1, 1, True),
+           (2, 2, 1, 8, True), (1, 1, 1, 0, True), (2, 2, 1, 0, True), (2, 2, 1, 0, False), (1, 1, 2, 2, True),
+           (1, 1, 2, 2, False), (2, 1, 2, 1, True), (1, 2, 2, 4, True), (1, 1, 4, 8, True), (1, 1, 2, 0, True),
+           (2, 1, 2, 0, True)]
 ROW_TOKENS = 192  # packed rows: room for two or three pairs of the counting data
 
 
@@ -45,14 +49,15 @@ def row_digests(micro) -> dict[int, str]:
     return out
 
 
-def one_step(data, family, tp, pp, cp, mbs):
+def one_step(data, family, tp, pp, cp, mbs, shared):
     batching = [f"train.micro_batch_size={mbs}"] if mbs else ["data.packing=true",
                                                               f"train.micro_batch_tokens={ROW_TOKENS}"]
     cfg = load_config(None, [
-        f"data.path={data}", f"model.family={family}", "model.overrides={num_layers: 4}",
+        # blocks of 4: the counting prompts (5 tokens) share their first block
+        f"data.path={data}", f"model.family={family}", "model.overrides={num_layers: 4, block_size: 4, sub_block_size: 4}",
         f"parallel.tensor_model_parallel_size={tp}", f"parallel.pipeline_model_parallel_size={pp}",
         f"parallel.context_parallel_size={cp}", "train.global_batch_size=8", "loss.beta=0.5", "loss.nll_weight=0.2",
-        "data.pad_to_multiple=1", *batching,
+        "data.pad_to_multiple=1", f"data.share_prompt={str(shared).lower()}", *batching,
     ])
     run = setup_run(cfg)
     policy = build_policy(run)
@@ -61,11 +66,11 @@ def one_step(data, family, tp, pp, cp, mbs):
 
 def main():
     data, work, family = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
-    expected_metrics = expected_rows = None
+    expected_metrics, expected_rows = None, {}
     threads = []
-    for n, (tp, pp, cp, mbs) in enumerate(LAYOUTS):
-        name = f"TP={tp} PP={pp} CP={cp} " + (f"micro_batch={mbs}" if mbs else "packed")
-        cfg, run, policy = one_step(data, family, tp, pp, cp, mbs)
+    for n, (tp, pp, cp, mbs, shared) in enumerate(LAYOUTS):
+        name = f"TP={tp} PP={pp} CP={cp} " + (f"micro_batch={mbs}" if mbs else "packed") + (" shared" if shared else "")
+        cfg, run, policy = one_step(data, family, tp, pp, cp, mbs, shared)
         if n == 0:
             save_weights(policy, work / "weights")
         else:
@@ -86,9 +91,10 @@ def main():
             dist.all_gather_object(digests, row_digests(micro))
             rows = {k: v for d in digests for k, v in d.items()}
             assert len(rows) == 8, rows
-            if expected_rows is None:
-                expected_rows = rows
-            assert rows == expected_rows, f"rows differ at {name}"
+            assert rows == expected_rows.setdefault(shared, rows), f"rows differ at {name}"
+        if shared:
+            assert all(mb.shared_prompts(r) for mb in micro for r in range(mb.tokens.shape[0])), \
+                f"{name}: every row holds a shared prompt"
         if not mbs:
             assert (len(micro) < 8 / run.runtime.dp and micro[0].tokens.shape[0] == 1
                     and micro[0].tokens.shape[1] <= ROW_TOKENS // cp), f"{name}: not packed"
