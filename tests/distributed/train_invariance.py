@@ -54,7 +54,8 @@ def one_step(data, family, tp, pp, cp, mbs, shared):
                                                               f"train.micro_batch_tokens={ROW_TOKENS}"]
     cfg = load_config(None, [
         # blocks of 4: the counting prompts (5 tokens) share their first block
-        f"data.path={data}", f"model.family={family}", "model.overrides={num_layers: 4, block_size: 4, sub_block_size: 4}",
+        f"data.path={data}", f"model.family={family}",
+        "model.overrides={num_layers: 4, block_size: 4, sub_block_size: 4}",
         f"parallel.tensor_model_parallel_size={tp}", f"parallel.pipeline_model_parallel_size={pp}",
         f"parallel.context_parallel_size={cp}", "train.global_batch_size=8", "loss.beta=0.5", "loss.nll_weight=0.2",
         "data.pad_to_multiple=1", f"data.share_prompt={str(shared).lower()}", *batching,
