@@ -5,7 +5,8 @@ A micro-batch holds whole pairs (chosen and rejected together). Each of its rows
 sequence's `[z~ ; y0]` sample or, packed or with a shared prompt, several one after another (each
 its own segment with its own positions; a shared prompt is a segment of its own). Per token: the
 label the logit there is scored against, the estimator weight (0: not scored) and which (pair
-slot, role) sequence the token belongs to; the trajectory log-ratio estimate of a sequence is `sum weight * log-prob` over its tokens.
+slot, role) sequence the token belongs to; the trajectory log-ratio estimate of a sequence is
+`sum weight * log-prob` over its tokens.
 """
 
 from __future__ import annotations
