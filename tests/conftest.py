@@ -80,4 +80,16 @@ def counting_data(counting_datasets) -> str:
     return counting_datasets("fast_dllm_v2")
 
 
+def weighted_sums_and_grads(model, micro, coefficients: torch.Tensor):
+    """Per-(pair, role) weighted log-prob sums [pairs, 2] of the micro-batches, and the gradients of
+    `sum(coefficients * sums)`: what every row layout must reproduce."""
+    model.zero_grad()
+    by_pair = torch.zeros(coefficients.shape, dtype=torch.float64)
+    for mb in micro:
+        sums = mb.sequence_sums(-model(mb.tokens, mb.layout, labels=mb.labels))
+        (sums * coefficients[mb.pair_index]).sum().backward()
+        by_pair[mb.pair_index] = sums.detach()
+    return by_pair, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (GPU checks run on a lent GPU)")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import weighted_sums_and_grads
 from dtrpo_mega.config import load_config
 from dtrpo_mega.data import PreferencePair
 from dtrpo_mega.diffusion.scoring import Objective
@@ -56,17 +57,8 @@ def test_packed_rows_give_the_same_sums_and_gradients_as_unpacked(world_of_one, 
 
     coefficients = torch.randn(len(pairs), 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
-    def sums_and_grads(micro):
-        model.zero_grad()
-        by_pair = torch.zeros(len(pairs), 2, dtype=torch.float64)
-        for mb in micro:
-            sums = mb.sequence_sums(-model(mb.tokens, mb.layout, labels=mb.labels))
-            (sums * coefficients[mb.pair_index]).sum().backward()
-            by_pair[mb.pair_index] = sums.detach()
-        return by_pair, {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    want, want_grads = sums_and_grads([unpacked])
-    got, got_grads = sums_and_grads(packed)
+    want, want_grads = weighted_sums_and_grads(model, [unpacked], coefficients)
+    got, got_grads = weighted_sums_and_grads(model, packed, coefficients)
     assert want.abs().sum() > 0
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for name, grad in want_grads.items():

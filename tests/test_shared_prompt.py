@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import weighted_sums_and_grads
 from dtrpo_mega.data import PreferencePair
 from dtrpo_mega.diffusion.scoring import Objective
 from dtrpo_mega.diffusion.spec import ScoringLayout
@@ -90,22 +91,13 @@ def test_shared_and_separate_rows_give_the_same_sums_and_gradients_in_float64(wo
     model, pairs = _model(family), _pairs(cfg)
     coefficients = torch.randn(len(pairs), 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
-    def sums_and_grads(micro):
-        model.zero_grad()
-        by_pair = torch.zeros(len(pairs), 2, dtype=torch.float64)
-        for mb in micro:
-            sums = mb.sequence_sums(-model(mb.tokens, mb.layout, labels=mb.labels))
-            (sums * coefficients[mb.pair_index]).sum().backward()
-            by_pair[mb.pair_index] = sums.detach()
-        return by_pair, {n: p.grad.clone() for n, p in model.named_parameters()}
-
     unshared = separate.micro_batch(pairs, epoch=1)
     one_row = shared.micro_batch(pairs, epoch=1)
     packed = shared.packed_micro_batches(pairs, epoch=1, row_tokens=4096)
-    want, want_grads = sums_and_grads([unshared])
+    want, want_grads = weighted_sums_and_grads(model, [unshared], coefficients)
     assert want.abs().sum() > 0
     for micro in ([one_row], packed):
-        got, got_grads = sums_and_grads(micro)
+        got, got_grads = weighted_sums_and_grads(model, micro, coefficients)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
         for name, grad in want_grads.items():
             torch.testing.assert_close(got_grads[name], grad, rtol=1e-10, atol=1e-12, msg=name)

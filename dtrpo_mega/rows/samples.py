@@ -15,7 +15,7 @@ too (its last logit scores the first response token). Plain full-attention rows
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,13 +48,9 @@ class PairSamples:
 
     samples: list[ScoredSample]
     prompt: PackedSample | None = None  # the shared prompt: one segment that every sample sees
-    prompt_tokens: int = field(init=False)
-
-    def __post_init__(self):
-        self.prompt_tokens = 0 if self.prompt is None else self.prompt.tokens.numel()
 
     def __len__(self) -> int:
-        return self.prompt_tokens + sum(len(s) for s in self.samples)
+        return (0 if self.prompt is None else self.prompt.tokens.numel()) + sum(len(s) for s in self.samples)
 
 
 def shared_prompt_length(prompt_len, spec: DiffusionSpec):
