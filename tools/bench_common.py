@@ -8,6 +8,7 @@ import json
 import os
 import platform
 
+import numpy as np
 import torch
 
 from dtrpo_mega.models.config import DLLMConfig
@@ -30,6 +31,23 @@ def backbone_config(args: argparse.Namespace) -> DLLMConfig:
     return model_config(args.family, vocab_size=args.vocab, hidden_size=args.hidden, ffn_hidden_size=4 * args.hidden,
                         num_layers=args.layers, num_attention_heads=args.heads, num_query_groups=args.groups,
                         block_size=args.block, sub_block_size=args.sub_block, attention_backend=args.backend)
+
+
+def preference_like_pairs(n: int, vocab: int, scale: float, seed: int, prompt_median: int = 160,
+                          response_median: int = 260):
+    """Pairs with log-normal lengths shaped like public preference sets (defaults: prompts median 160
+    tokens, sigma 0.8; chosen and rejected drawn apart, median 260, sigma 0.7, so long-tailed and of
+    different lengths), each median times `scale`, clipped to 1..8x the scaled median."""
+    from dtrpo_mega.data import PreferencePair
+
+    rng = np.random.default_rng(seed)
+
+    def length(median: float, sigma: float) -> int:
+        return int(np.clip(rng.lognormal(np.log(median * scale), sigma), 1, 8 * median * scale))
+
+    return [PreferencePair(i, rng.integers(0, vocab, length(prompt_median, 0.8)),
+                           rng.integers(0, vocab, length(response_median, 0.7)),
+                           rng.integers(0, vocab, length(response_median, 0.7)), None, None) for i in range(n)]
 
 
 def host(*extra: str) -> str:

@@ -17,20 +17,9 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 
-from bench_common import add_backbone_options, backbone_config, host, write_results
-
-
-def preference_like_pairs(n: int, vocab: int, scale: float, seed: int):
-    """Prompts median ~160 tokens, responses median ~260 with a long tail (x scale), clipped to 1..8x the median."""
-    from dtrpo_mega.data import PreferencePair
-
-    rng = np.random.default_rng(seed)
-    length = lambda median, sigma: int(np.clip(rng.lognormal(np.log(median * scale), sigma), 1, 8 * median * scale))  # noqa: E731
-    return [PreferencePair(i, rng.integers(0, vocab, length(160, 0.8)), rng.integers(0, vocab, length(260, 0.7)),
-                           rng.integers(0, vocab, length(260, 0.7)), None, None) for i in range(n)]
+from bench_common import add_backbone_options, backbone_config, host, preference_like_pairs, write_results
 
 
 def main() -> None:
