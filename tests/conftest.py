@@ -23,6 +23,17 @@ def slowdown() -> float:
     return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
 
 
+def load_tool(name: str):
+    """tools/NAME.py as a module; tools/ goes on sys.path first, for bench_common, as when the tool runs as a script."""
+    import importlib.util
+
+    sys.path.insert(0, str(REPO / "tools"))
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def patient(seconds: float) -> float:
     """A limit for waiting on work that takes well under `seconds` on an idle machine: the same
     work on a machine loaded k times over gets k times as long, so only a hang fails it."""

@@ -8,7 +8,6 @@ generation (tokenizer against the model, prompts). Each case is checked through 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import REPO
+from conftest import load_tool
 from dtrpo_mega.convert import import_hf
 from dtrpo_mega.data import ChatEncoder, build_preference_dataset, load_tokenizer
 from dtrpo_mega.generation.model import PromptRenderer
@@ -25,13 +24,6 @@ from dtrpo_mega.models.families import chat_template
 from dtrpo_mega.data.synthetic import write_tokenizer
 
 quiet = dict(log=lambda *_: None)
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _one_error_line(capsys, *expected: str) -> str:
@@ -168,7 +160,7 @@ def test_unknown_safetensors_dtype_names_file_tensor_and_dtype(tmp_path):
 
 @pytest.mark.parametrize("command", ["import", "roundtrip"])
 def test_convert_tool_prints_one_error_line(tmp_path, capsys, command):
-    tool = _tool("convert_checkpoint")
+    tool = load_tool("convert_checkpoint")
     folder = _hf_folder(tmp_path, _without(LLADA, "d_model"))
     out = ["--out", str(tmp_path / "out")] if command == "import" else []
     assert tool.main([command, "--hf", str(folder), *out]) == 2
@@ -209,7 +201,7 @@ def test_deeply_nested_json_names_file_and_line(tmp_path, synthetic_tokenizer, l
 
 
 def test_preprocess_tool_prints_one_error_line_with_status_2(tmp_path, synthetic_tokenizer, capsys):
-    tool = _tool("preprocess_data")
+    tool = load_tool("preprocess_data")
     args = ["--tokenizer", str(synthetic_tokenizer), "--family", "fast_dllm_v2", "--output", str(tmp_path / "out"),
             "--max-length", "64"]
     assert tool.main(["--input", str(tmp_path), *args]) == 2
@@ -239,8 +231,8 @@ def checkpoints(tmp_path_factory, world_of_one):
 
 
 def _generate(checkpoint: Path, tokenizer: Path, *args: str) -> int:
-    return _tool("generate").main(["--ckpt", str(checkpoint), "--tokenizer", str(tokenizer), "--max-new-tokens", "4",
-                                   *args])
+    return load_tool("generate").main(["--ckpt", str(checkpoint), "--tokenizer", str(tokenizer),
+                                       "--max-new-tokens", "4", *args])
 
 
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused_at_build(checkpoints, synthetic_tokenizer, capsys):

@@ -1,17 +1,6 @@
 """The shared-prompt benchmark compares the same pairs and counts what sharing leaves out (timings are not tested)."""
 
-import importlib.util
-import sys
-
-from conftest import REPO
-
-
-def _tools(name: str):
-    sys.path.insert(0, str(REPO / "tools"))  # for bench_common, as when the tool runs as a script
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_tool
 
 
 def test_shared_rows_drop_exactly_the_repeated_prompt_blocks(world_of_one):
@@ -19,7 +8,7 @@ def test_shared_rows_drop_exactly_the_repeated_prompt_blocks(world_of_one):
     from dtrpo_mega.models.families import model_config
     from dtrpo_mega.rows.samples import shared_prompt_length
 
-    bench, common = _tools("bench_share_prompt"), _tools("bench_common")
+    bench, common = load_tool("bench_share_prompt"), load_tool("bench_common")
     cfg = model_config("fast_dllm_v2", vocab_size=300, hidden_size=32, ffn_hidden_size=64, num_layers=1,
                        num_attention_heads=2, num_query_groups=1, block_size=4, sub_block_size=2,
                        attention_backend="local")
