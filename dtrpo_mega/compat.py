@@ -15,6 +15,9 @@ megatron-core 0.19.2, the NGC image's. Each entry below names what it was checke
   `common.pt` and loads it only from there; 0.19.2 keeps it as a `common_state` object inside the
   DCP files and writes no `common.pt` (it still reads one first when present).
   `write_common_state_file` copies it out after a 0.19.2 save, so checkpoints load on both.
+- Transformer Engine absent, MoE router. megatron-core 0.16.1's `transformer/moe/moe_utils.py`
+  imports `te_general_gemm` only when TE imports, yet its router GEMM tests the name: a NameError
+  without TE. 0.19.2 sets it to None there. `define_missing_te_names` does the same on 0.16.1.
 - Version check. `check_megatron_core_version` warns once, naming the tested versions, when the
   installed megatron-core is another one (pyproject allows >=0.16.1,<0.20).
 """
@@ -55,6 +58,14 @@ def check_megatron_core_version() -> None:
         warnings.warn(f"megatron-core {found} is not one dtrpo_mega was tested with "
                       f"({', '.join(CHECKED_MEGATRON_CORE_VERSIONS)}); run `make test` with it before training",
                       RuntimeWarning, stacklevel=2)
+
+
+def define_missing_te_names() -> None:
+    """Give megatron-core 0.16.1's MoE utilities the None it tests for when TE is not installed."""
+    from megatron.core.transformer.moe import moe_utils
+
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
 
 
 def route_full_recompute(block, forward: Callable) -> None:

@@ -91,6 +91,15 @@ def counting_data(counting_datasets) -> str:
     return counting_datasets("fast_dllm_v2")
 
 
+def float64(model):
+    """The model in float64, a mixture of experts routing in float64 too (megatron-core's router
+    computes its logits in `moe_router_dtype`, float32 otherwise)."""
+    model = model.double()
+    if model.config.num_moe_experts:
+        model.config.moe_router_dtype = "fp64"
+    return model
+
+
 def weighted_sums_and_grads(model, micro, coefficients: torch.Tensor):
     """Per-(pair, role) weighted log-prob sums [pairs, 2] of the micro-batches, and the gradients of
     `sum(coefficients * sums)`: what every row layout must reproduce."""

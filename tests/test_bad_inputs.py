@@ -236,9 +236,9 @@ def _generate(checkpoint: Path, tokenizer: Path, *args: str) -> int:
 
 
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused_at_build(checkpoints, synthetic_tokenizer, capsys):
-    # "99" is token 115 of the 118-token tokenizer: today it silently reads a padding row of the embedding
+    # "99" is token 115 of the 119-token tokenizer: today it silently reads a padding row of the embedding
     assert _generate(checkpoints["small_vocab"], synthetic_tokenizer, "--prompt", "count up from 99 :") == 2
-    _one_error_line(capsys, f"tokenizer {synthetic_tokenizer} has 118 tokens, more than the model's vocab_size 100")
+    _one_error_line(capsys, f"tokenizer {synthetic_tokenizer} has 119 tokens, more than the model's vocab_size 100")
 
 
 def test_prompt_ids_outside_the_vocabulary_name_prompt_and_id(synthetic_tokenizer):

@@ -143,5 +143,14 @@ def test_collectives_are_identities_on_a_group_of_one(world_of_one):
 def test_context_parallel_layouts_match_single_process(tmp_path, family):
     output = run_torchrun("cp_parity.py", 4, family, str(tmp_path))
     assert "CP COLLECTIVES OK" in output, output[-3000:]
-    for layout in ("TP=1 PP=1 CP=2", "TP=1 PP=1 CP=4", "TP=2 PP=1 CP=2", "TP=1 PP=2 CP=2"):
+    for layout in ("TP=1 PP=1 CP=2 EP=1", "TP=1 PP=1 CP=4 EP=1", "TP=2 PP=1 CP=2 EP=1", "TP=1 PP=2 CP=2 EP=1"):
+        assert f"CP PARITY OK family={family} {layout}" in output, output[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llada2", "sdar_moe"])
+def test_expert_parallel_layouts_match_single_process(tmp_path, family):
+    """EP2 beside DP2, TP2 (sequence parallel), PP2 and CP2 reproduce EP1's log-probs and gradients."""
+    output = run_torchrun("cp_parity.py", 4, family, str(tmp_path))
+    for layout in ("TP=1 PP=1 CP=1 EP=2", "TP=2 PP=1 CP=1 EP=2", "TP=1 PP=2 CP=1 EP=2", "TP=1 PP=1 CP=2 EP=2"):
         assert f"CP PARITY OK family={family} {layout}" in output, output[-3000:]

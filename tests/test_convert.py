@@ -4,7 +4,8 @@ transformers, the dLLM families' own formats, and the error messages.
 The sources are tiny randomly initialized transformers models (every weight random, norms too, so
 a swapped or mis-ordered tensor changes the result): Llama with 4 query groups of 2 heads,
 untied; Qwen2 with q/k/v biases, tied; Qwen3 with q/k norms and head_dim != hidden/heads,
-untied. Vocabularies of 250 and 301 are not multiples of 128, so padding is always exercised.
+untied; Qwen3-MoE (8 experts, top 2, renormalized), untied. Vocabularies of 250 and 301 are not
+multiples of 128, so padding is always exercised.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dtrpo_mega.checkpoint.model import global_shapes, load_model, read_model_co
 from dtrpo_mega.convert import compare_folders, export_hf, import_hf, roundtrip
 from dtrpo_mega.convert.dist_io import stored_tensors
 from dtrpo_mega.convert.mapping import QKV, GatedMLP, VocabRows
-from dtrpo_mega.convert.megatron_layout import megatron_tensors, storage_chunks
+from dtrpo_mega.convert.megatron_layout import storage_chunks, stream_groups
 from dtrpo_mega.diffusion.mask import MaskVariant, collate, plain_sample
 from dtrpo_mega.models.dllm import build_model
 from dtrpo_mega.models.families import model_config
@@ -33,8 +34,12 @@ TINY = {
     "llama": dict(vocab_size=250, num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=False),
     "qwen2": dict(vocab_size=250, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
     "qwen3": dict(vocab_size=301, num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False),
+    "qwen3_moe": dict(vocab_size=250, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                      tie_word_embeddings=False, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                      norm_topk_prob=True),
 }
-IMPORT_TP = {"llama": 1, "qwen2": 2, "qwen3": 1}  # import layout; the checkpoint is then loaded at every layout
+# import layout; the checkpoint is then loaded at every layout
+IMPORT_TP = {"llama": 1, "qwen2": 2, "qwen3": 1, "qwen3_moe": 2}
 quiet = dict(log=lambda *_: None)
 
 
@@ -45,6 +50,7 @@ def _make_hf(kind: str, path, seed: int):
         "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        "qwen3_moe": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM),
     }[kind]
     config = config_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, max_position_embeddings=64,
                         **TINY[kind])
@@ -110,16 +116,21 @@ def test_gated_mlp_and_vocab_rows_invert():
     assert torch.equal(VocabRows("e", ()).to_hf(padded, cfg)[0], embed)
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_layout_table_matches_megatron_core(world_of_one, tie):
-    """The importer's tensor table has megatron-core's own keys and global shapes."""
-    cfg = model_config("sdar", qkv_bias=True, tie_embeddings=tie)
-    ours = {t.key: t.global_shape(cfg.num_layers)
-            for t in megatron_tensors(dataclasses.replace(cfg, padded_vocab_size=256))}
+@pytest.mark.parametrize("family, tie", [("sdar", True), ("sdar", False), ("llada2", False), ("sdar_moe", True)])
+def test_layout_table_matches_megatron_core(world_of_one, family, tie):
+    """The importer's tensor table has megatron-core's own keys and global shapes (per layer, with
+    an expert axis, for mixtures of experts)."""
+    cfg = model_config(family, qkv_bias=family == "sdar", tie_embeddings=tie)
+    padded = dataclasses.replace(cfg, padded_vocab_size=256)
+    ours = {item.key: item.tensor.global_shape(cfg.num_layers) for group in stream_groups(padded) for item in group}
     assert ours == global_shapes(sharded_weights(build_model(cfg)))
-    fc1 = [c.offsets for c in storage_chunks(dataclasses.replace(cfg, padded_vocab_size=256), tp=2)
-           if c.tensor.name.endswith("linear_fc1.weight") and c.layer == 0]
-    assert fc1 == [(0, 0, 0), (0, 64, 0), (0, 128, 0), (0, 192, 0)]  # [gate_0], [gate_1], [up_0], [up_1]
+    fc1 = [c.offsets for c in storage_chunks(padded, tp=2) if c.layer == 1 and c.tensor.name.endswith("fc1.weight")
+           and (c.tensor.experts > 0 if cfg.moe else True)]
+    if cfg.moe is None:  # layer 1 of the stacked [layer, ...] tensor: [gate_0], [gate_1], [up_0], [up_1]
+        assert fc1 == [(1, 0, 0), (1, 64, 0), (1, 128, 0), (1, 192, 0)]
+    else:  # every expert of layer 1 whole (expert TP 1) as [gate], [up] in its own key's expert axis
+        ffn = cfg.moe.ffn_hidden_size
+        assert fc1 == [offsets for e in range(cfg.moe.num_experts) for offsets in ((e, 0, 0), (e, ffn, 0))]
 
 
 # --- round trips and logits --------------------------------------------------------------------
@@ -136,7 +147,7 @@ def test_roundtrip_is_bit_exact(sources, tmp_path, tp):
 def test_imported_model_matches_transformers_logits(world_of_one, sources, tmp_path, kind):
     hf_dir, reference = sources[kind]
     cfg = import_hf(hf_dir, tmp_path / "ckpt", mask_token_id=_mask_id(kind), **quiet)
-    assert cfg.padded_vocab_size == {"llama": 256, "qwen2": 256, "qwen3": 384}[kind]
+    assert cfg.padded_vocab_size == {"llama": 256, "qwen2": 256, "qwen3": 384, "qwen3_moe": 256}[kind]
     model = build_model(cfg).eval()
     load_model(model, tmp_path / "ckpt")
     torch.testing.assert_close(_causal_logits(model, reference["tokens"]), reference["logits"], rtol=1e-5, atol=1e-5)
@@ -155,7 +166,8 @@ def test_sharded_folders_with_an_index_are_written_and_read(sources, tmp_path):
 @pytest.mark.slow
 def test_every_layout_loads_matches_logits_and_roundtrips(sources, tmp_path):
     """Import, then on 4 ranks load at TP1/PP1, TP2/PP1, TP1/PP2, TP2/PP2 (logits checked at PP=1),
-    save with megatron-core's writer, export each layout and compare with the source bit for bit."""
+    each with EP2 for the MoE model, save with megatron-core's writer, export each layout and compare
+    with the source bit for bit."""
     for kind, (hf_dir, reference) in sources.items():
         import_hf(hf_dir, tmp_path / kind / "megatron", tp=IMPORT_TP[kind], mask_token_id=_mask_id(kind), **quiet)
         torch.save(reference, tmp_path / kind / "reference.pt")

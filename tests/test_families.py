@@ -40,6 +40,19 @@ def test_published_facts():
     assert get_family("fast_dllm_v2").decoding.threshold == 0.9 and get_family("llada").decoding.tokens_per_step == 1
 
 
+def test_published_moe_facts():
+    mini = model_config("llada2", "mini")  # dFactory's llada2_mini config.json
+    assert (mini.num_layers, mini.vocab_size, mini.rotary_dim, mini.mask_token_id) == (20, 157184, 64, 156895)
+    assert (mini.moe.num_experts, mini.moe.topk, mini.moe.shared_expert_ffn_hidden_size, mini.moe.first_dense_layers,
+            mini.moe.num_groups, mini.moe.group_topk, mini.moe.routed_scaling_factor) == (256, 8, 512, 1, 8, 4, 2.5)
+    assert mini.moe.score_function == "sigmoid" and mini.moe.expert_bias and mini.block_size == 32
+    big = model_config("sdar_moe", "30b_a3b")  # Qwen3-30B-A3B's config.json, SDAR's block of 4
+    assert (big.num_layers, big.moe.num_experts, big.moe.topk, big.moe.ffn_hidden_size, big.block_size) == (
+        48, 128, 8, 768, 4)
+    assert big.moe.score_function == "softmax" and big.moe.normalize_topk and not big.moe.shared_expert_ffn_hidden_size
+    assert get_family("llada2").chat.system_suffix == "detailed thinking off"
+
+
 def test_a_stored_config_from_before_block_alignment_takes_its_familys():
     stored = model_config("llada").to_dict()
     del stored["block_alignment"]
@@ -55,7 +68,8 @@ def test_chat_templates_need_no_megatron():
 
 
 def test_the_registry_is_the_only_way_in():
-    assert set(FAMILIES) == {"fast_dllm_v2", "sdar", "llada", "dream"}
-    out = subprocess.run(["git", "grep", "-l", r"models\.families\.\(fast_dllm_v2\|sdar\|llada\|dream\)", "--", "*.py"],
+    assert set(FAMILIES) == {"fast_dllm_v2", "sdar", "llada", "dream", "llada2", "sdar_moe"}
+    modules = r"models\.families\.\(fast_dllm_v2\|sdar\|llada\|dream\|llada2\|sdar_moe\)"
+    out = subprocess.run(["git", "grep", "-l", modules, "--", "*.py"],
                          cwd=REPO, capture_output=True, text=True).stdout.split()
     assert out == [], f"family modules imported directly by {out}"

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import float64
 from dtrpo_mega.diffusion.mask import MaskVariant, collate, plain_sample
 from dtrpo_mega.generation.sampler import DecodeConfig, Sampler
 from dtrpo_mega.diffusion.scoring import Objective, SequenceSpec, plan_rows
@@ -64,7 +65,7 @@ def _confidence(logits, cfg):
     return probs.max(-1)
 
 
-@pytest.mark.parametrize("family", ["fast_dllm_v2", "sdar", "llada", "dream"])
+@pytest.mark.parametrize("family", ["fast_dllm_v2", "sdar", "llada", "dream", "llada2", "sdar_moe"])
 def test_first_call_equals_training_forward(world_of_one, family):
     prompts = [_prompt(5, 1), _prompt(8, 2)]
     cfg, _, _, calls = _run(family, prompts, max_new_tokens=12)
@@ -151,12 +152,13 @@ def test_full_attention_decoders_decode_every_slot_unless_told_to_stop(world_of_
 
 @pytest.mark.parametrize("family,decode", [("fast_dllm_v2", dict(threshold=0.5)),
                                            ("fast_dllm_v2", dict(tokens_per_step=1)),
-                                           ("sdar", dict(tokens_per_step=2))])
+                                           ("sdar", dict(tokens_per_step=2)), ("llada2", dict(threshold=0.5)),
+                                           ("sdar_moe", dict(tokens_per_step=1))])
 def test_kv_cache_gives_the_uncached_logits_and_tokens(world_of_one, family, decode):
     """Cached calls forward only the span after the cache; every logit they give equals the one of
     recomputing the clean prefix (float64), so the generations are identical."""
     torch.manual_seed(0)
-    model = build_model(model_config(family, num_layers=2)).double().eval()
+    model = float64(build_model(model_config(family, num_layers=2))).eval()
     prompts = [_prompt(5, 11), _prompt(8, 12), _prompt(13, 13)]  # partial and whole prompt blocks
     runs = {}
     for kv_cache in (True, False):

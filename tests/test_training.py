@@ -94,6 +94,16 @@ def test_one_step_is_invariant_to_tp_pp_dp_and_micro_batches(tmp_path, counting_
         assert f"INVARIANT OK {layout}" in output, output[-3000:]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llada2", "sdar_moe"])
+def test_one_step_is_invariant_to_expert_parallelism(tmp_path, counting_datasets, family):
+    output = run_torchrun("train_invariance.py", 4, counting_datasets(family), str(tmp_path), family)
+    for layout in ("TP=1 PP=1 CP=1 EP=2 micro_batch=1 shared DP=4", "TP=2 PP=1 CP=1 EP=2 micro_batch=2 shared DP=2",
+                   "TP=1 PP=2 CP=1 EP=2 micro_batch=4 shared DP=2", "TP=1 PP=1 CP=2 EP=2 micro_batch=2 shared DP=2",
+                   "TP=1 PP=1 CP=1 EP=2 packed shared DP=4", "TP=1 PP=1 CP=1 EP=2 micro_batch=2 DP=4"):
+        assert f"INVARIANT OK {layout}" in output, output[-3000:]
+
+
 def _train(nproc, *overrides):
     return run_torchrun(str(REPO / "dtrpo_mega" / "train.py"), nproc, *overrides)
 

@@ -47,9 +47,11 @@ class Resumed:
 
 
 def _layout(model) -> dict:
-    """The TP/PP/DP sizes of the groups `model` was built with."""
+    """The TP/PP/DP/EP/expert-TP sizes of the groups `model` was built with (each rank's optimizer
+    state is of its own shards)."""
     groups = model.pg_collection
-    return {"tp": groups.tp.size(), "pp": groups.pp.size(), "dp": groups.dp.size()}
+    return {"tp": groups.tp.size(), "pp": groups.pp.size(), "dp": groups.dp.size(), "ep": groups.ep.size(),
+            "etp": groups.expt_tp.size()}
 
 
 class CheckpointLock:
@@ -165,7 +167,7 @@ def load_checkpoint(path: Path, model, optimizer, reference: str | None = None, 
     if verify:
         verify_manifest(path)
     load_model(model, path / "model", verify=verify)
-    same_layout = saved["layout"] == _layout(model)
+    same_layout = {"ep": 1, "etp": 1, **saved["layout"]} == _layout(model)  # checkpoints before EP: 1
     if same_layout:
         rank_file = path / f"rank_{dist.get_rank():05d}.pt"
         with reading(rank_file, "checkpoint"):

@@ -17,7 +17,6 @@ import contextlib
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -32,12 +31,12 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
 from megatron.core.dist_checkpointing.strategies.common import COMMON_STATE_FNAME
 
-from dtrpo_mega.convert.megatron_layout import Chunk, MegatronTensor
+from dtrpo_mega.convert.megatron_layout import Chunk, Item
 from dtrpo_mega.checkpoint.safe_pickle import install as restrict_metadata_unpickling
 
 restrict_metadata_unpickling()
 
-Producer = Callable[[MegatronTensor, Optional[int]], Tensor]  # (tensor, layer) -> one layer's full tensor
+Producer = Callable[[Item], Tensor]  # an item's full tensor
 
 
 @contextlib.contextmanager
@@ -50,10 +49,10 @@ def _single_process():
 
 class _LazySavePlanner(SavePlanner):
     def __init__(self, chunks: list[Chunk], num_layers: int, dtype: torch.dtype, produce: Producer):
-        self.chunks = {(c.tensor.key, c.offsets): c for c in chunks}
+        self.chunks = {(c.item.key, c.offsets): c for c in chunks}
         self.items = [
             WriteItem(
-                index=MetadataIndex(c.tensor.key, torch.Size(c.offsets)),
+                index=MetadataIndex(c.item.key, torch.Size(c.offsets)),
                 type=WriteItemType.SHARD,
                 tensor_data=TensorWriteData(
                     chunk=ChunkStorageMetadata(torch.Size(c.offsets), torch.Size(c.sizes)),
@@ -65,7 +64,7 @@ class _LazySavePlanner(SavePlanner):
         ]
         self.dtype = dtype
         self.produce = produce
-        self._cached: tuple[tuple[str, int | None], Tensor] | None = None
+        self._cached: tuple[Item, Tensor] | None = None
 
     def set_up_planner(self, state_dict, storage_meta=None, is_coordinator=False) -> None:
         pass
@@ -81,17 +80,16 @@ class _LazySavePlanner(SavePlanner):
 
     def resolve_data(self, write_item: WriteItem) -> Tensor:
         chunk = self.chunks[(write_item.index.fqn, tuple(write_item.index.offset))]
-        whole = (chunk.tensor.name, chunk.layer)
-        if self._cached is None or self._cached[0] != whole:
-            self._cached = None  # free the previous layer tensor before making the next
-            self._cached = (whole, self.produce(chunk.tensor, chunk.layer).to(self.dtype))
+        if self._cached is None or self._cached[0] != chunk.item:
+            self._cached = None  # free the previous item's tensor before making the next
+            self._cached = (chunk.item, self.produce(chunk.item).to(self.dtype))
         data = self._cached[1]
         if (local := chunk.local()) is not None:
             data = data.narrow(*local)
-        data = data.unsqueeze(0) if chunk.tensor.per_layer else data
+        data = data.reshape((1,) * len(chunk.item.lead) + tuple(data.shape))
         if tuple(data.shape) != chunk.sizes:
-            raise ValueError(f"{chunk.tensor.name} layer {chunk.layer}: produced {tuple(data.shape)}, the chunk is "
-                             f"{chunk.sizes}")
+            raise ValueError(f"{chunk.tensor.name} layer {chunk.layer} expert {chunk.item.expert}: produced "
+                             f"{tuple(data.shape)}, the chunk is {chunk.sizes}")
         return data.contiguous()
 
 
@@ -118,7 +116,7 @@ def stored_tensors(ckpt_dir: str | Path) -> dict[str, tuple[tuple[int, ...], tor
 
 
 class _RegionLoadPlanner(LoadPlanner):
-    """Loads one region (a layer of a stacked tensor, or a whole tensor) per requested key."""
+    """Loads one region (a layer of a stacked tensor, an expert, or a whole tensor) per requested key."""
 
     def __init__(self, regions: dict[str, tuple[ChunkStorageMetadata, Tensor]]):
         self.regions = regions
@@ -151,23 +149,19 @@ class _RegionLoadPlanner(LoadPlanner):
         pass
 
 
-def read_tensors(ckpt_dir: str | Path, requests: list[tuple[MegatronTensor, int | None]],
-                 stored: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> dict[tuple[str, int | None], Tensor]:
-    """(tensor name, layer) -> one layer's (or the whole) tensor, in the stored dtype."""
+def read_tensors(ckpt_dir: str | Path, requests: list[Item],
+                 stored: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> dict[Item, Tensor]:
+    """Each item's tensor (one layer's, one expert's, or the whole), in the stored dtype."""
     regions, out = {}, {}
-    for tensor, layer in requests:
-        shape, dtype = stored[tensor.key]
-        if tensor.per_layer:
-            buffer = torch.empty((1, *shape[1:]), dtype=dtype)
-            region = ChunkStorageMetadata(torch.Size((layer, *(0,) * (len(shape) - 1))), torch.Size(buffer.shape))
-            out[(tensor.name, layer)] = buffer[0]
-        else:
-            buffer = torch.empty(shape, dtype=dtype)
-            region = ChunkStorageMetadata(torch.Size((0,) * len(shape)), torch.Size(shape))
-            out[(tensor.name, layer)] = buffer
-        if tensor.key in regions:
-            raise ValueError(f"one read per key: {tensor.key} is requested twice")
-        regions[tensor.key] = (region, buffer)
+    for item in requests:
+        shape, dtype = stored[item.key]
+        lead = item.lead
+        buffer = torch.empty((*(1,) * len(lead), *shape[len(lead):]), dtype=dtype)
+        region = ChunkStorageMetadata(torch.Size((*lead, *(0,) * (len(shape) - len(lead)))), torch.Size(buffer.shape))
+        out[item] = buffer.reshape(shape[len(lead):])
+        if item.key in regions:
+            raise ValueError(f"one read per key: {item.key} is requested twice")
+        regions[item.key] = (region, buffer)
     with _single_process():
         dcp.load({}, storage_reader=dcp.FileSystemReader(str(ckpt_dir)), planner=_RegionLoadPlanner(regions),
                  no_dist=True)

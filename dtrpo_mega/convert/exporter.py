@@ -23,7 +23,7 @@ from dtrpo_mega.convert import dist_io
 from dtrpo_mega.convert.formats import SourceFormat, get_format, synthesized_hf_config
 from dtrpo_mega.convert.hf_io import TORCH_DTYPES, PlannedTensor, SafetensorsWriter, dtype_name, parse_size
 from dtrpo_mega.convert.mapping import Mapping
-from dtrpo_mega.convert.megatron_layout import MegatronTensor, megatron_tensors, stream_groups
+from dtrpo_mega.convert.megatron_layout import Item, stream_groups
 from dtrpo_mega.convert.name_maps import name_map
 from dtrpo_mega.models.config import DLLMConfig
 
@@ -64,23 +64,22 @@ class Target:
         return [(name, value)] + ([(self.copies[name], value)] if name in self.copies else [])
 
 
-def _hf_tensors(cfg: DLLMConfig, maps: dict[str, Mapping], target: Target,
-                group: list[tuple[MegatronTensor, int | None]], loaded: dict) -> Iterator[tuple[str, Tensor]]:
-    for tensor, layer in group:
-        mapping = maps[tensor.name]
-        for name, value in zip(mapping.hf_names(layer), mapping.to_hf(loaded[(tensor.name, layer)], cfg)):
+def _hf_tensors(cfg: DLLMConfig, maps: dict[str, Mapping], target: Target, group: list[Item],
+                loaded: dict[Item, Tensor]) -> Iterator[tuple[str, Tensor]]:
+    for item in group:
+        mapping = maps[item.tensor.name]
+        for name, value in zip(mapping.hf_names(item), mapping.to_hf(loaded[item], cfg)):
             yield from target.outputs(name, value)
 
 
 def _check_stored(cfg: DLLMConfig, stored: dict, ckpt_dir: Path) -> None:
     problems = []
-    for tensor in megatron_tensors(cfg):
-        shape = tensor.global_shape(cfg.num_layers)
-        if tensor.key not in stored:
-            problems.append(f"tensor {tensor.key} (shape {shape}) is missing")
-        elif stored[tensor.key][0] != shape:
-            problems.append(f"tensor {tensor.key}: checkpoint shape {stored[tensor.key][0]}, the model config implies "
-                            f"{shape}")
+    shapes = {item.key: item.tensor.global_shape(cfg.num_layers) for group in stream_groups(cfg) for item in group}
+    for key, shape in shapes.items():
+        if key not in stored:
+            problems.append(f"tensor {key} (shape {shape}) is missing")
+        elif stored[key][0] != shape:
+            problems.append(f"tensor {key}: checkpoint shape {stored[key][0]}, the model config implies {shape}")
     if problems:
         raise ValueError(f"{ckpt_dir} does not match its {ckpt_dir / 'dtrpo_model.json'}:\n  " + "\n  ".join(problems))
 
@@ -103,7 +102,7 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, max_shard_size: str = "
     maps = name_map(target.fmt, cfg)
     groups = stream_groups(cfg)
 
-    meta = lambda group: {(t.name, layer): torch.empty(t.shape, device="meta") for t, layer in group}  # noqa: E731
+    meta = lambda group: {item: torch.empty(item.tensor.shape, device="meta") for item in group}  # noqa: E731
     plan = [PlannedTensor(n, tuple(v.shape), v.dtype)
             for g in groups for n, v in _hf_tensors(cfg, maps, target, g, meta(g))]
     plan += [PlannedTensor(n, tuple(v.shape), v.dtype) for n, v in target.extra]

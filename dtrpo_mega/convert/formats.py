@@ -4,7 +4,8 @@ a `config.json` becomes a `DLLMConfig` (and, for checkpoints born in training, t
 Each dLLM family declares its own architectures, config reading and weight names
 (`models/families/`). Plain Llama / Qwen2 / Qwen3 become the dLLM family of the same layout unless
 told otherwise: qwen2 -> fast_dllm_v2 (Fast-dLLM v2 starts from Qwen2.5), qwen3 -> sdar (SDAR
-starts from Qwen3), llama -> llada (LLaDA is LLaMA-shaped). The original architecture is kept for
+starts from Qwen3), qwen3_moe -> sdar_moe (SDAR-30B-A3B starts from Qwen3-30B-A3B), llama -> llada
+(LLaDA is LLaMA-shaped). The original architecture is kept for
 export. They have no mask token, so `--mask-token-id` names one (Fast-dLLM v2 and SDAR use the
 first unused embedding row of their base vocabulary).
 
@@ -15,14 +16,16 @@ naming the file and the field, never a KeyError / TypeError / ZeroDivisionError 
 
 from __future__ import annotations
 
-from dtrpo_mega.models.config import DLLMConfig
+from dtrpo_mega.models.config import DLLMConfig, MoEConfig
 from dtrpo_mega.models.families import FAMILIES, get_family, source_formats
-from dtrpo_mega.models.families.spec import TRANSFORMERS_NAMES, SourceFormat, reject_features
+from dtrpo_mega.models.families.spec import TRANSFORMERS_MOE_NAMES, TRANSFORMERS_NAMES, SourceFormat, reject_features
 
 PLAIN_FORMATS = (
     SourceFormat("llama", ("LlamaForCausalLM",), ("llama",), "llada", TRANSFORMERS_NAMES),
     SourceFormat("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), "fast_dllm_v2", TRANSFORMERS_NAMES, qkv_bias=True),
     SourceFormat("qwen3", ("Qwen3ForCausalLM",), ("qwen3",), "sdar", TRANSFORMERS_NAMES, qk_norm=True),
+    SourceFormat("qwen3_moe", ("Qwen3MoeForCausalLM",), ("qwen3_moe",), "sdar_moe", TRANSFORMERS_MOE_NAMES,
+                 qk_norm=True),
 )
 FORMATS: dict[str, SourceFormat] = {f.name: f for f in (*source_formats(), *PLAIN_FORMATS)}
 
@@ -31,7 +34,8 @@ FORMATS: dict[str, SourceFormat] = {f.name: f for f in (*source_formats(), *PLAI
 # a positive integer when present; null stands for an absent optional field.
 SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "head_dim", "max_position_embeddings", "d_model", "n_heads", "n_kv_heads",
-               "n_layers", "mlp_hidden_size", "embedding_size", "max_sequence_length")
+               "n_layers", "mlp_hidden_size", "embedding_size", "max_sequence_length", "num_experts",
+               "num_experts_per_tok", "num_local_experts", "moe_intermediate_size")
 NUMBER_FIELDS = ("rope_theta", "rms_norm_eps", "mlp_ratio")  # positive numbers
 STRUCTURE_SIZES = ("vocab_size", "hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads",
                    "num_query_groups", "head_dim", "max_position_embeddings")  # DLLMConfig fields read from those
@@ -145,7 +149,33 @@ def _hf_structure(fmt: SourceFormat, c: dict, where="config.json") -> dict:
         norm_eps=c.get("rms_norm_eps", 1e-6), qkv_bias=fmt.qkv_bias, qk_norm=fmt.qk_norm,
         tie_embeddings=bool(c.get("tie_word_embeddings", False)),
         max_position_embeddings=c.get("max_position_embeddings", 32768),
+        **({"moe": _hf_experts(c, where)} if c.get("num_experts") or c.get("num_local_experts") else {}),
     )
+
+
+def _hf_experts(c: dict, where) -> MoEConfig:
+    """Qwen3-MoE's experts (transformers' `Qwen3MoeSparseMoeBlock`): softmax over every expert in
+    float32, the top `num_experts_per_tok`, renormalized when `norm_topk_prob` (transformers'
+    default: false); every layer sparse."""
+    problems = []
+    if c.get("decoder_sparse_step", 1) != 1 or c.get("mlp_only_layers"):
+        problems.append(f"decoder_sparse_step={c.get('decoder_sparse_step')!r}, mlp_only_layers="
+                        f"{c.get('mlp_only_layers')!r} (dense layers among the MoE ones)")
+    if c.get("shared_expert_intermediate_size"):
+        problems.append("shared_expert_intermediate_size (a gated shared expert, Qwen2-MoE's)")
+    reject_features(problems, f"{where} (qwen3_moe)")
+    # the hub's Qwen3-MoE configs say num_experts; transformers 5 writes num_local_experts
+    return MoEConfig(num_experts=c.get("num_experts") or c["num_local_experts"],
+                     ffn_hidden_size=c["moe_intermediate_size"], topk=c["num_experts_per_tok"],
+                     normalize_topk=bool(c.get("norm_topk_prob", False)),
+                     aux_loss_coeff=float(c.get("router_aux_loss_coef", 0.0)))
+
+
+def _hf_experts_fields(moe: MoEConfig) -> dict:
+    """The inverse of `_hf_experts`."""
+    return dict(num_experts=moe.num_experts, moe_intermediate_size=moe.ffn_hidden_size,
+                num_experts_per_tok=moe.topk, norm_topk_prob=moe.normalize_topk, decoder_sparse_step=1,
+                mlp_only_layers=[], router_aux_loss_coef=moe.aux_loss_coeff)
 
 
 def _read_structure(fmt: SourceFormat, hf_config: dict, where) -> dict:
@@ -207,6 +237,7 @@ def source_config(fmt: SourceFormat, cfg: DLLMConfig, dtype: str) -> dict:
             num_key_value_heads=cfg.num_query_groups, head_dim=cfg.head_dim, hidden_act="silu",
             rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
             max_position_embeddings=cfg.max_position_embeddings, attention_bias=False,
+            **(_hf_experts_fields(cfg.moe) if cfg.moe is not None else {}),
         )
     block = {fmt.block_size_key: cfg.block_size} if fmt.block_size_key else {}
     return dict(architectures=list(fmt.architectures), model_type=fmt.model_types[0], **structure, **block,
@@ -215,8 +246,12 @@ def source_config(fmt: SourceFormat, cfg: DLLMConfig, dtype: str) -> dict:
 
 def synthesized_hf_config(cfg: DLLMConfig, dtype: str) -> tuple[SourceFormat, dict]:
     """A plain transformers config.json for a checkpoint with no source (born in training):
-    Qwen3 with q/k norms, Qwen2 with q/k/v biases, else Llama; dLLM fields are kept beside it."""
+    Qwen3 with q/k norms, Qwen2 with q/k/v biases, else Llama, Qwen3-MoE for sdar_moe, the family's
+    own format for other mixtures of experts; dLLM fields are kept beside it."""
     if cfg.qk_norm and cfg.qkv_bias:
         raise ValueError("no plain transformers architecture has both q/k norms and q/k/v-only biases")
-    fmt = FORMATS["qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "llama"]
+    if cfg.moe is not None:
+        fmt = FORMATS["qwen3_moe"] if cfg.family == "sdar_moe" else get_family(cfg.family).formats[0]
+    else:
+        fmt = FORMATS["qwen3" if cfg.qk_norm else "qwen2" if cfg.qkv_bias else "llama"]
     return fmt, {**source_config(fmt, cfg, dtype), "block_size": cfg.block_size, "dllm_family": cfg.family}

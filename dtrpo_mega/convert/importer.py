@@ -18,7 +18,7 @@ from dtrpo_mega.convert import dist_io
 from dtrpo_mega.convert.formats import SourceFormat, detect, dllm_config, get_format
 from dtrpo_mega.convert.hf_io import TORCH_DTYPES, HFCheckpoint, dtype_name
 from dtrpo_mega.convert.mapping import Mapping, hf_shapes
-from dtrpo_mega.convert.megatron_layout import MegatronTensor, storage_chunks, stream_groups
+from dtrpo_mega.convert.megatron_layout import Item, storage_chunks, stream_groups
 from dtrpo_mega.convert.name_maps import name_map
 from dtrpo_mega.checkpoint.integrity import write_manifest
 from dtrpo_mega.models.config import DLLMConfig
@@ -42,9 +42,9 @@ def expected_hf_tensors(cfg: DLLMConfig, maps: dict[str, Mapping]) -> dict[str, 
     """HF name -> shape, for every HF tensor the model's name map reads, in checkpoint order."""
     expected = {}
     for group in stream_groups(cfg):
-        for tensor, layer in group:
-            mapping = maps[tensor.name]
-            expected.update(zip(mapping.hf_names(layer), hf_shapes(mapping, tensor.shape, cfg)))
+        for item in group:
+            mapping = maps[item.tensor.name]
+            expected.update(zip(mapping.hf_names(item), hf_shapes(mapping, item.tensor.shape, cfg)))
     return expected
 
 
@@ -97,7 +97,7 @@ def plan_import(hf_dir: str | Path, family: str = "auto", tp: int = 1, pp: int =
     else:
         fmt = get_format(family)
     cfg = dllm_config(fmt, hf.config, dllm_family, mask_token_id, where=hf.config_file)
-    cfg.check_parallel(tp, pp)
+    cfg.check_parallel(tp, pp)  # any EP loads the checkpoint: experts are stored whole, one key per layer
     cfg = dataclasses.replace(cfg, padded_vocab_size=cfg.padded_vocab(tp))
     maps = name_map(fmt, cfg)
     expected = expected_hf_tensors(cfg, maps)
@@ -122,9 +122,9 @@ def plan_import(hf_dir: str | Path, family: str = "auto", tp: int = 1, pp: int =
 def run_import(plan: ImportPlan, out_dir: str | Path) -> None:
     """Write the megatron checkpoint, its `dtrpo_model.json` and its checksums (one process)."""
 
-    def produce(tensor: MegatronTensor, layer: int | None) -> torch.Tensor:
-        mapping = plan.maps[tensor.name]
-        return mapping.to_megatron([plan.hf.read(n) for n in mapping.hf_names(layer)], plan.cfg)
+    def produce(item: Item) -> torch.Tensor:
+        mapping = plan.maps[item.tensor.name]
+        return mapping.to_megatron([plan.hf.read(n) for n in mapping.hf_names(item)], plan.cfg)
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):

@@ -7,6 +7,7 @@ mapping kind with its inverse.
 - `QKV`: separate q, k, v (weights or biases) <-> megatron's `linear_qkv`, whose rows are grouped
   per query group as `[q heads of the group; k; v]`, so that a TP rank's contiguous rows hold
   whole groups (this is the GQA interleave; a plain concatenation would be wrong for TP and GQA).
+- `FusedQKV`: one `[all q; all k; all v]` tensor (Ling 2.0's `query_key_value`) <-> the same.
 - `GatedMLP`: gate and up <-> `linear_fc1` = `[gate; up]` (its TP split into `[gate_i; up_i]` is
   the checkpoint's chunking, see `megatron_layout`).
 
@@ -21,12 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dtrpo_mega.convert.megatron_layout import LAYER
+from dtrpo_mega.convert.megatron_layout import Item, at_layer
 from dtrpo_mega.models.config import DLLMConfig
-
-
-def at_layer(name: str, layer: int | None) -> str:
-    return name if layer is None else name.replace(f".{LAYER}.", f".{layer}.")
 
 
 @dataclass(frozen=True)
@@ -36,8 +33,8 @@ class Mapping:
     megatron: str
     hf: tuple[str, ...]
 
-    def hf_names(self, layer: int | None) -> list[str]:
-        return [at_layer(n, layer) for n in self.hf]
+    def hf_names(self, item: Item) -> list[str]:
+        return [at_layer(n, item.layer, item.expert) for n in self.hf]
 
     def to_megatron(self, tensors: list[Tensor], cfg: DLLMConfig) -> Tensor:
         return tensors[0]
@@ -71,6 +68,19 @@ class QKV(Mapping):
         grouped = tensor.reshape(cfg.num_query_groups, -1, cfg.head_dim, *rest)
         heads_per_group = cfg.num_attention_heads // cfg.num_query_groups
         return [part.reshape(-1, *rest) for part in grouped.split([heads_per_group, 1, 1], dim=1)]
+
+
+class FusedQKV(QKV):
+    def to_megatron(self, tensors: list[Tensor], cfg: DLLMConfig) -> Tensor:
+        return super().to_megatron(list(tensors[0].split(_qkv_rows(cfg))), cfg)
+
+    def to_hf(self, tensor: Tensor, cfg: DLLMConfig) -> list[Tensor]:
+        return [torch.cat(super().to_hf(tensor, cfg))]
+
+
+def _qkv_rows(cfg: DLLMConfig) -> list[int]:
+    hd = cfg.head_dim
+    return [cfg.num_attention_heads * hd, cfg.num_query_groups * hd, cfg.num_query_groups * hd]
 
 
 class GatedMLP(Mapping):

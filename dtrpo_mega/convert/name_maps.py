@@ -6,7 +6,7 @@ The names come from the source format (`SourceFormat.weight_names`, declared by 
 
 from __future__ import annotations
 
-from dtrpo_mega.convert.mapping import QKV, Direct, GatedMLP, Mapping, VocabRows
+from dtrpo_mega.convert.mapping import QKV, Direct, FusedQKV, GatedMLP, Mapping, VocabRows
 from dtrpo_mega.convert.megatron_layout import megatron_tensors
 from dtrpo_mega.models.config import DLLMConfig
 from dtrpo_mega.models.families.spec import SourceFormat
@@ -15,6 +15,8 @@ KINDS: dict[str, type[Mapping]] = {
     "embedding.word_embeddings.weight": VocabRows, "output_layer.weight": VocabRows,
     "decoder.layers.*.self_attention.linear_qkv.weight": QKV, "decoder.layers.*.self_attention.linear_qkv.bias": QKV,
     "decoder.layers.*.mlp.linear_fc1.weight": GatedMLP,
+    "decoder.layers.*.mlp.shared_experts.linear_fc1.weight": GatedMLP,
+    "decoder.layers.*.mlp.experts.experts.linear_fc1.weight": GatedMLP,
 }
 
 
@@ -24,5 +26,10 @@ def name_map(fmt: SourceFormat, cfg: DLLMConfig) -> dict[str, Mapping]:
     missing = [t.name for t in megatron_tensors(cfg) if t.name not in names]
     if missing:
         raise ValueError(f"the {fmt.name} weight naming has no tensors for {missing} (model config: "
-                         f"qk_norm={cfg.qk_norm})")
-    return {t.name: KINDS.get(t.name, Direct)(t.name, names[t.name]) for t in megatron_tensors(cfg)}
+                         f"qk_norm={cfg.qk_norm}, experts: {cfg.moe is not None})")
+    return {t.name: _kind(t.name, names[t.name])(t.name, names[t.name]) for t in megatron_tensors(cfg)}
+
+
+def _kind(name: str, hf_names: tuple[str, ...]) -> type[Mapping]:
+    kind = KINDS.get(name, Direct)
+    return FusedQKV if kind is QKV and len(hf_names) == 1 else kind

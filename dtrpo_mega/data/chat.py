@@ -10,7 +10,7 @@ the assistant header; a response is its content followed by the family's end-of-
 
 from __future__ import annotations
 
-from dtrpo_mega.data.records import Message, Prompt
+from dtrpo_mega.data.records import Prompt
 from dtrpo_mega.data.tokenizer import Tokenizer
 from dtrpo_mega.models.families.spec import SPECIAL, ChatTemplate
 
@@ -39,11 +39,9 @@ class ChatEncoder:
         t = self.template
         if isinstance(prompt, str):
             return self._encode(t.bos + "{content}", content=prompt)
-        if t.default_system is not None and prompt[0].role != "system":
-            prompt = (Message("system", t.default_system), *prompt)
         ids = self._encode(t.bos)
-        for message in prompt:
-            ids += self._encode(t.turn, role=message.role, content=self._content(message.content))
+        for role, content in t.conversation([(m.role, self._content(m.content)) for m in prompt]):
+            ids += self._encode(t.turn, role=role, content=content)
         return ids + self._encode(t.generation_prompt)
 
     def response(self, text: str, conversational: bool) -> list[int]:

@@ -22,6 +22,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|start_header
                   "<|eot_id|>", "<|begin_of_text|>", "<|startoftext|>"]
 WORDS = (["system", "user", "assistant", "count", "up", "from", ":", "<unk>"] + [str(i) for i in range(100)]
          + ["sort", "reverse"])
+LATER_SPECIAL_TOKENS = ["<|role_end|>"]  # after the words, so that the ids above stay as they were (LLaDA2's)
 NUMBERS = 100  # the tokenizer's numbers are 0 .. 99
 
 
@@ -31,10 +32,11 @@ def write_tokenizer(path: str | Path) -> Path:
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import WhitespaceSplit
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + WORDS)}
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + WORDS + LATER_SPECIAL_TOKENS)}
     tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = WhitespaceSplit()
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                  for t in SPECIAL_TOKENS + LATER_SPECIAL_TOKENS])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(path))

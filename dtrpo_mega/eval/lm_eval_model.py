@@ -39,9 +39,8 @@ NO_LIKELIHOOD = ("dtrpo_mega: {method} is not supported: a masked-diffusion LM h
 def render_chat(template: ChatTemplate, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
     """The text of a conversation in a family's template, as `ChatEncoder.prompt` renders it; without the
     generation prompt, the last message is left open (its end-of-turn omitted) for the model to continue."""
-    messages = [(m["role"], m["content"].strip() if template.strip_content else m["content"]) for m in chat_history]
-    if template.default_system is not None and (not messages or messages[0][0] != "system"):
-        messages.insert(0, ("system", template.default_system))
+    messages = template.conversation([(m["role"], m["content"].strip() if template.strip_content else m["content"])
+                                      for m in chat_history])
     turns = [template.turn.format(role=role, content=content) for role, content in messages]
     if add_generation_prompt:
         return template.bos + "".join(turns) + template.generation_prompt

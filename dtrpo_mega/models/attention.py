@@ -84,6 +84,7 @@ class DLLMCoreAttention(MegatronModule):
         pg_collection: ProcessGroupCollection | None = None,
         backend: AttentionBackend | str = AttentionBackend.AUTO,
         rope_theta: float = 10000.0,
+        rotary_dim: int | None = None,
     ):
         super().__init__(config=config)
         if (attention_dropout if attention_dropout is not None else config.attention_dropout) != 0:
@@ -92,6 +93,7 @@ class DLLMCoreAttention(MegatronModule):
         self.layer_number = layer_number
         self.rope_theta = rope_theta
         self.head_dim = config.kv_channels
+        self.rotary_dim = rotary_dim or self.head_dim  # partial rope: the leading channels of each head
         self.softmax_scale = softmax_scale if softmax_scale is not None else self.head_dim**-0.5
         self.te_attention = self._build_te(config, layer_number) if self.backend == AttentionBackend.TE else None
         if pg_collection is None:  # megatron's SelfAttention passes its own; this default is megatron's too
@@ -122,8 +124,8 @@ class DLLMCoreAttention(MegatronModule):
             raise ValueError("attention_bias / packed_seq_params are expressed through the TokenLayout")
         layout = attention_mask
         cos, sin = layout.cached(
-            ("rope", self.head_dim, self.rope_theta, str(query.device)),
-            lambda: rotary_tables(layout.query_positions().to(query.device), self.head_dim, self.rope_theta),
+            ("rope", self.rotary_dim, self.rope_theta, str(query.device)),
+            lambda: rotary_tables(layout.query_positions().to(query.device), self.rotary_dim, self.rope_theta),
         )
         query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
         if layout.query_index is not None:  # context parallel: attend to the keys of the whole row

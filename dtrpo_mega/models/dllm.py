@@ -1,7 +1,8 @@
 """The dLLM: megatron-core GPTModel with the dLLM core attention in its layer spec.
 
 Only the `core_attention` submodule of megatron-core's spec changes; embeddings, norms, q/k/v,
-MLP, pipeline stages and the vocab-parallel output layer are megatron-core's own. Rope lives in
+MLP or mixture of experts (router, all-to-all token dispatcher, experts), pipeline stages and the
+vocab-parallel output layer are megatron-core's own. Rope lives in
 the core attention (see `rotary.py`), so the GPTModel is built without position embeddings.
 """
 
@@ -17,36 +18,71 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
-from dtrpo_mega.compat import check_megatron_core_version
+from dtrpo_mega.compat import check_megatron_core_version, define_missing_te_names
 from dtrpo_mega.diffusion.mask import TokenLayout
 from dtrpo_mega.models.attention import DLLMCoreAttention, resolve_backend, te_available
 from dtrpo_mega.models.config import DLLMConfig
 from dtrpo_mega.models.init import init_weights
+from dtrpo_mega.models.norm import RMSNorm
 from dtrpo_mega.models.recompute import RecomputeConfig, apply_recompute
 from dtrpo_mega.parallel.cpu_shims import tensor_cuda_stays_on_cpu
 
 
-def layer_spec(cfg: DLLMConfig, transformer_impl: str = "auto") -> ModuleSpec:
-    """megatron-core's layer spec (TE modules on GPU, local otherwise) with our core attention."""
-    if transformer_impl == "auto":
-        transformer_impl = "transformer_engine" if te_available() else "local"
+def layer_spec(cfg: DLLMConfig, transformer_impl: str = "auto", experts: bool = False) -> ModuleSpec:
+    """megatron-core's layer spec (TE modules on GPU, local otherwise) with our core attention;
+    `experts`: its MLP is megatron-core's MoE layer (grouped GEMM where TE is, on CUDA)."""
+    transformer_impl = _impl(transformer_impl)
+    num_experts = cfg.moe.num_experts if experts else None
     if transformer_impl == "transformer_engine":
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
-        spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=cfg.qk_norm)
-    elif transformer_impl == "local":
-        spec = get_gpt_layer_local_spec(qk_layernorm=cfg.qk_norm, normalization="RMSNorm")
+        spec = copy.deepcopy(get_gpt_layer_with_transformer_engine_spec(
+            num_experts=num_experts, moe_grouped_gemm=experts, qk_layernorm=cfg.qk_norm))
+        if experts:  # its separate pre-MLP norm keeps the key of the local spec and of dense layers
+            spec.submodules.sharded_state_dict_keys_map = {
+                **spec.submodules.sharded_state_dict_keys_map, "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"}
     else:
-        raise ValueError(f"transformer_impl must be auto, local or transformer_engine; got {transformer_impl!r}")
-    spec = copy.deepcopy(spec)
+        spec = copy.deepcopy(get_gpt_layer_local_spec(num_experts=num_experts, qk_layernorm=cfg.qk_norm,
+                                                      normalization="RMSNorm"))
+        spec.submodules.input_layernorm = spec.submodules.pre_mlp_layernorm = RMSNorm
+        if cfg.qk_norm:
+            spec.submodules.self_attention.submodules.q_layernorm = RMSNorm
+            spec.submodules.self_attention.submodules.k_layernorm = RMSNorm
     attention = spec.submodules.self_attention
     attention.params = {**attention.params, "attn_mask_type": AttnMaskType.arbitrary}
     attention.submodules.core_attention = ModuleSpec(
         module=DLLMCoreAttention,
-        params={"backend": resolve_backend(cfg.attention_backend), "rope_theta": cfg.rope_theta},
+        params={"backend": resolve_backend(cfg.attention_backend), "rope_theta": cfg.rope_theta,
+                "rotary_dim": cfg.rotary_dim},
     )
     return spec
+
+
+def _impl(transformer_impl: str) -> str:
+    if transformer_impl == "auto":
+        return "transformer_engine" if te_available() else "local"
+    if transformer_impl not in ("local", "transformer_engine"):
+        raise ValueError(f"transformer_impl must be auto, local or transformer_engine; got {transformer_impl!r}")
+    return transformer_impl
+
+
+def decoder_spec(cfg: DLLMConfig, transformer_config, transformer_impl: str, pp_rank: int):
+    """One layer spec for a dense model; for a mixture of experts, this pipeline stage's layers
+    (dense for the first `moe.first_dense_layers`, MoE after)."""
+    if cfg.moe is None:
+        return layer_spec(cfg, transformer_impl)
+    impl = _impl(transformer_impl)
+    if impl == "transformer_engine":
+        from megatron.core.extensions.transformer_engine import TENorm
+    offset = get_transformer_layer_offset(transformer_config, pp_rank=pp_rank)
+    count = get_num_layers_to_build(transformer_config, pp_rank=pp_rank)
+    specs = {moe: layer_spec(cfg, impl, experts=moe) for moe in (False, True)}
+    return TransformerBlockSubmodules(
+        layer_specs=[specs[cfg.moe.is_moe_layer(i)] for i in range(offset, offset + count)],
+        layer_norm=TENorm if impl == "transformer_engine" else RMSNorm)
 
 
 class DLLM(GPTModel):
@@ -102,15 +138,17 @@ def build_model(cfg: DLLMConfig, params_dtype: torch.dtype = torch.float32, tran
     from it alone, the same at every TP/PP (`models/init.py`); without, megatron-core's per-rank
     initialization."""
     check_megatron_core_version()
+    if cfg.moe is not None:
+        define_missing_te_names()
     groups = pg_collection if pg_collection is not None else ProcessGroupCollection.use_mpu_process_groups()
     tp, pp = groups.tp.size(), groups.pp.size()
     on_gpu = torch.cuda.is_available()
     transformer_config = cfg.transformer_config(tp, pp, params_dtype, use_cpu_initialization=not on_gpu,
-                                                cp=groups.cp.size())
+                                                cp=groups.cp.size(), ep=groups.ep.size(), etp=groups.expt_tp.size())
     model = DLLM(
         cfg,
         transformer_config,
-        layer_spec(cfg, transformer_impl),
+        decoder_spec(cfg, transformer_config, transformer_impl, groups.pp.rank()),
         pre_process=groups.pp.rank() == 0,
         post_process=groups.pp.rank() == pp - 1,
         padded_vocab_size=cfg.padded_vocab(tp),

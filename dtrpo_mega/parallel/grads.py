@@ -5,12 +5,19 @@ same reductions are done here on `.grad`: the partial gradients of replicated pa
 only this rank's heads or sequence shard (q/k norms, sequence-parallel norms) over the TP group,
 the tied embedding/output weight across the first and last pipeline stages, then the
 data-parallel mean (summing over context-parallel ranks), each over the model's own groups
-(`model.pg_collection`).
+(`model.pg_collection`). A routed expert's gradient already holds the tokens every rank of its
+expert-parallel group sent it, so it is summed over the expert data-parallel group instead.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
+
+
+def is_expert_param(name: str) -> bool:
+    """A routed expert's weight (megatron-core's `mlp.experts.`; shared experts are dense)."""
+    return ".mlp.experts." in name
 
 
 def _is_tensor_parallel_partial(name: str, param) -> bool:
@@ -46,18 +53,36 @@ def reduce_data_parallel_grads(model, num_units: float | None = None) -> None:
     makes the result independent of how the global batch was split across ranks. A CP rank's
     gradient is the part from its own tokens, so CP ranks add up and never average.
     """
-    group = model.pg_collection.dp_cp
-    divisor = num_units if num_units is not None else model.pg_collection.dp.size()
-    reduce = group.size() > 1
-    for param in model.parameters():
+    groups = model.pg_collection
+    divisor = num_units if num_units is not None else groups.dp.size()
+    for name, param in model.named_parameters():
         if param.grad is not None:
-            if reduce:
+            group = groups.expt_dp if is_expert_param(name) else groups.dp_cp
+            if group.size() > 1:
                 dist.all_reduce(param.grad, group=group)
             if divisor != 1:
                 param.grad.div_(divisor)
+
+
+@torch.no_grad()
+def update_expert_bias(model) -> None:
+    """Aux-loss-free balancing, as megatron-core's `finalize_model_grads` does on GPU ranks: each
+    router's expert bias moves by `moe.bias_update_rate` towards the experts that received fewer
+    than the mean number of this global batch's tokens (counted over TP x DP x CP), then the counts
+    restart. Only the policy is finalized, so a reference model's biases never move."""
+    routers = [m for m in model.modules() if getattr(m, "expert_bias", None) is not None]
+    if not routers:
+        return
+    counts = torch.stack([r.local_tokens_per_expert for r in routers])
+    dist.all_reduce(counts, group=model.pg_collection.tp_dp_cp)
+    rate = model.config.moe_router_bias_update_rate
+    for router, count in zip(routers, counts):
+        router.expert_bias.add_(torch.sign(count.mean() - count) * rate)
+        router.local_tokens_per_expert.zero_()
 
 
 def finalize_grads(model, num_units: float | None = None) -> None:
     reduce_tensor_parallel_partial_grads(model)
     reduce_tied_embedding_grads(model)
     reduce_data_parallel_grads(model, num_units)
+    update_expert_bias(model)

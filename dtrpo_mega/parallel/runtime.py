@@ -42,6 +42,7 @@ class Runtime:
     pp: int
     dp: int
     cp: int
+    ep: int
     device: torch.device
     pg_collection: ProcessGroupCollection
 
@@ -118,26 +119,33 @@ def initialize(parallel: ParallelConfig, seed: int = 1234) -> Runtime:
         world = dist.get_world_size()
         tp, pp, cp = (parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size,
                       parallel.context_parallel_size)
+        ep, etp = parallel.expert_model_parallel_size, parallel.expert_tensor_parallel_size
         dp = parallel.data_parallel_size(world)
-        if not same_layout(tp, pp, cp):
+        if etp > 1 and dist.get_backend() == "gloo":
+            raise ValueError(f"parallel.expert_tensor_parallel_size={etp} needs NCCL: megatron-core's token dispatcher "
+                             "all-gathers unequal token counts over the expert-TP group, which gloo cannot; use 1 on "
+                             "CPU ranks")
+        if not same_layout(tp, pp, cp, ep, etp):
             if parallel_state.model_parallel_is_initialized():
                 parallel_state.destroy_model_parallel()
                 destroy_subgroups()
                 gc.collect()  # models of earlier layouts, in reference cycles, hold their destroyed groups
             parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                                                     context_parallel_size=cp)
+                                                     context_parallel_size=cp, expert_model_parallel_size=ep,
+                                                     expert_tensor_parallel_size=etp)
     groups = ProcessGroupCollection.use_mpu_process_groups()  # every group megatron made, taken once
     set_seeds(seed, groups)
     quiet.report()
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    return Runtime(dist.get_rank(), world, tp, pp, dp, cp, device, groups)
+    return Runtime(dist.get_rank(), world, tp, pp, dp, cp, ep, device, groups)
 
 
-def same_layout(tp: int, pp: int, cp: int) -> bool:
+def same_layout(tp: int, pp: int, cp: int, ep: int = 1, etp: int = 1) -> bool:
     """Whether megatron's groups exist with these sizes (on the current default group)."""
     return parallel_state.model_parallel_is_initialized() and (
         parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_pipeline_model_parallel_world_size(),
-        parallel_state.get_context_parallel_world_size()) == (tp, pp, cp)
+        parallel_state.get_context_parallel_world_size(), parallel_state.get_expert_model_parallel_world_size(),
+        parallel_state.get_expert_tensor_parallel_world_size()) == (tp, pp, cp, ep, etp)
 
 
 def destroy_subgroups() -> None:
@@ -161,7 +169,7 @@ def set_seeds(seed: int, groups: ProcessGroupCollection) -> None:
         model_parallel_cuda_manual_seed(seed, tp_rank=groups.tp.rank(), ep_rank=groups.ep.rank(),
                                         etp_rank=groups.expt_tp.rank())
     else:
-        cpu_shims.install(seed, groups.tp.rank())
+        cpu_shims.install(seed, groups.tp.rank(), groups.ep.rank(), groups.expt_tp.rank())
 
 
 def comm_device() -> torch.device:

@@ -8,6 +8,7 @@ checkpoint. SIGTERM finishes the current step, saves a checkpoint and exits clea
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from functools import partial
@@ -22,6 +23,7 @@ from dtrpo_mega.parallel.runtime import comm_device
 from dtrpo_mega.rows import ScoredRows
 from dtrpo_mega.checkpoint.trainer import CheckpointLock, latest_checkpoint, load_checkpoint, save_checkpoint
 from dtrpo_mega.training.metrics import MetricsLogger, reduce_reports
+from dtrpo_mega.training.moe import RouterMonitor
 from dtrpo_mega.training.optim import build_optimizer, lr_at
 from dtrpo_mega.training.objectives import policy_loss, sequences_per_unit, sft_loss
 from dtrpo_mega.training.setup import Run, build_policy, build_reference, reference_weights_id, setup_run
@@ -117,6 +119,7 @@ def _train_steps(run: Run, policy, reference, optimizer, reference_id: str | Non
     logger = MetricsLogger(cfg.logging.dir, cfg.train.train_steps, start, cfg.to_dict(), cfg.logging.wandb_project,
                            cfg.logging.progress_bar, cfg.logging.log_interval) if logs_here else None
     stop = StopFlag()
+    routers = RouterMonitor(policy, run.runtime.dp) if run.model_config.moe is not None else None
     try:
         for step in range(start, cfg.train.train_steps):
             t0 = time.perf_counter()
@@ -124,10 +127,12 @@ def _train_steps(run: Run, policy, reference, optimizer, reference_id: str | Non
             if reference is not None:
                 micro = reference.with_reference(micro)
             optimizer.zero_grad()
-            reports = forward_backward(optimizer.module, micro, step_loss(run, micro))
+            with routers.step(len(micro), cfg.train.global_batch_size) if routers else contextlib.nullcontext():
+                reports = forward_backward(optimizer.module, micro, step_loss(run, micro))
             lr = lr_at(step, cfg.optimizer, cfg.train.train_steps)
             grad_norm = optimizer.step(cfg.train.global_batch_size, lr)
             elapsed = time.perf_counter() - t0
+            router_metrics = routers.metrics() if routers else {}
             if run.runtime.is_last_stage:
                 metrics = reduce_reports(reports, run.runtime.pg_collection.dp)
                 sizes = torch.tensor([[mb.layout.positions.numel(), mb.padding_tokens(), mb.num_samples()]
@@ -136,7 +141,7 @@ def _train_steps(run: Run, policy, reference, optimizer, reference_id: str | Non
                 tokens, padding, rows = sizes.tolist()
                 metrics.update(grad_norm=grad_norm, lr=lr, pairs_per_s=cfg.train.global_batch_size / elapsed,
                                tokens_per_s=tokens / elapsed, rows_per_pair=rows / cfg.train.global_batch_size,
-                               padding_fraction=padding / tokens, step_s=elapsed)
+                               padding_fraction=padding / tokens, step_s=elapsed, **router_metrics)
                 if logger is not None:
                     logger.log(step + 1, metrics)
             interrupted = stop.agreed()

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
 from dtrpo_mega.config import OptimizerSection
-from dtrpo_mega.parallel.grads import finalize_grads
+from dtrpo_mega.parallel.grads import finalize_grads, is_expert_param
 
 
 def lr_at(step: int, cfg: OptimizerSection, total_steps: int) -> float:
@@ -36,16 +36,19 @@ def _decays(name: str, param) -> bool:
 
 
 def global_grad_norm(model) -> torch.Tensor:
-    """L2 norm of the full model's gradient, every parameter counted once."""
+    """L2 norm of the full model's gradient, every parameter counted once: dense ones over TP x PP,
+    routed experts over expert-TP x EP x PP."""
     groups = model.pg_collection
-    squares = torch.zeros((), dtype=torch.float64)
-    for param in model.parameters():
-        duplicate = not param_is_not_tensor_parallel_duplicate(param, groups.tp)
+    squares = {False: torch.zeros((), dtype=torch.float64), True: torch.zeros((), dtype=torch.float64)}
+    for name, param in model.named_parameters():
+        expert = is_expert_param(name)
+        duplicate = not param_is_not_tensor_parallel_duplicate(param, groups.expt_tp if expert else groups.tp)
         if param.grad is None or getattr(param, "shared", False) or duplicate:
             continue
-        squares += param.grad.double().pow(2).sum()
-    dist.all_reduce(squares, group=groups.mp)
-    return squares.sqrt()
+        squares[expert] += param.grad.double().pow(2).sum()
+    dist.all_reduce(squares[False], group=groups.mp)
+    dist.all_reduce(squares[True], group=groups.tp_ep_pp)
+    return (squares[False] + squares[True]).sqrt()
 
 
 class CpuOptimizer:

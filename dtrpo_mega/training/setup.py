@@ -49,10 +49,16 @@ class Run:
         return [mb.context_shard(self.runtime.cp_rank, self.runtime.cp) for mb in micro]
 
 
+def row_multiple(pad_to_multiple: int, cp: int, sequence_parallel_tp: int) -> int:
+    """Row lengths split evenly: 2 x CP chunks (load-balanced CP), each over the TP ranks under
+    sequence parallelism."""
+    return math.lcm(pad_to_multiple, (2 * cp if cp > 1 else 1) * sequence_parallel_tp)
+
+
 def resolve_model_config(cfg: TrainConfig) -> DLLMConfig:
     if cfg.model.load:
         base = read_model_config(cfg.model.load)
-        return dataclasses.replace(base, **cfg.model.overrides) if cfg.model.overrides else base
+        return base.with_overrides(**cfg.model.overrides) if cfg.model.overrides else base
     return model_config(cfg.model.family, cfg.model.size, **cfg.model.overrides)
 
 
@@ -62,7 +68,8 @@ def setup_run(cfg: TrainConfig) -> Run:
     world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
     cfg.validate(world)  # before any side effect
     model_cfg = resolve_model_config(cfg)
-    model_cfg.check_parallel(par.tensor_model_parallel_size, par.pipeline_model_parallel_size)
+    model_cfg.check_parallel(par.tensor_model_parallel_size, par.pipeline_model_parallel_size,
+                             par.expert_model_parallel_size, par.expert_tensor_parallel_size)
     dataset = cfg.data.open(model_cfg)
     runtime = initialize(par, seed=cfg.train.seed)
     if cfg.objective.name.is_preference and dataset.kind != "preference":
@@ -70,7 +77,8 @@ def setup_run(cfg: TrainConfig) -> Run:
                          f"objective.name={cfg.objective.name.value} needs preference pairs (objective.name=sft trains "
                          "on prompt-completion data)")
     bf16 = cfg.train.bf16 if cfg.train.bf16 is not None else torch.cuda.is_available()
-    pad = math.lcm(cfg.data.pad_to_multiple, 2 * runtime.cp) if runtime.cp > 1 else cfg.data.pad_to_multiple
+    sequence_parallel_tp = runtime.tp if model_cfg.sequence_parallel(runtime.tp) else 1
+    pad = row_multiple(cfg.data.pad_to_multiple, runtime.cp, sequence_parallel_tp)
     tokenizer = dataset.metadata["tokenizer"]
     rows = RowBuilder(model_cfg, cfg.scheduler, cfg.objective.name, cfg.train.seed, cfg.objective.vrpo_samples, pad,
                       layout=cfg.objective.layout(model_cfg.family), sft=cfg.objective.sft(model_cfg.family),

@@ -59,7 +59,8 @@ def assert_grads_match(model, expected_model, tag: str) -> int:
             continue
         torch.testing.assert_close(param.grad, expected[name].data, rtol=1e-4, atol=5e-6,
                                    msg=lambda m: f"{tag} {name}: {m}")
-        assert param.grad.abs().sum() > 0, f"{tag}: zero gradient for {name}"
+        unrouted = ".mlp.experts." in name and not expected[name].data.any()  # an expert no token chose
+        assert param.grad.abs().sum() > 0 or unrouted, f"{tag}: zero gradient for {name}"
         checked += 1
     assert checked > 0, f"{tag}: no gradients"
     return checked

@@ -21,14 +21,15 @@ from dtrpo_mega.diffusion.mask import MaskVariant, collate, plain_sample
 from dtrpo_mega.models.dllm import build_model
 from dtrpo_mega.parallel.runtime import ParallelConfig, initialize
 
-LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2)]
+LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2)]  # (TP, PP); with EP2 for a mixture of experts
 
 
 def check_logits(model, cfg, reference: dict, label: str) -> None:
     tokens = reference["tokens"]
-    _, layout = collate([plain_sample(t) for t in tokens], MaskVariant.CAUSAL, cfg.block_size, pad_id=0)
+    padded, layout = collate([plain_sample(t) for t in tokens], MaskVariant.CAUSAL, cfg.block_size, pad_id=0,
+                             pad_to_multiple=4)  # sequence parallel (MoE at TP2): a multiple of TP
     with torch.no_grad():
-        logits = model(tokens, layout)
+        logits = model(padded, layout)[:, : tokens.shape[1]]
     shard = logits.shape[-1]
     start = parallel_state.get_tensor_model_parallel_rank() * shard
     real = max(0, min(shard, cfg.vocab_size - start))
@@ -44,7 +45,7 @@ def main():
         reference = torch.load(work / name / "reference.pt")
         for tp, pp in LAYOUTS:
             label = f"{name} TP={tp} PP={pp}"
-            initialize(ParallelConfig(tp, pp), seed=1)
+            initialize(ParallelConfig(tp, pp, expert_model_parallel_size=1 if cfg.moe is None else 2), seed=1)
             model = build_model(cfg).eval()
             load_model(model, work / name / "megatron")
             if pp == 1:

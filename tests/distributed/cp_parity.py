@@ -1,6 +1,9 @@
-"""Context-parallel parity on 4 CPU ranks: CP layouts reproduce TP=1/PP=1/CP=1.
+"""Context- and expert-parallel parity on 4 CPU ranks: CP and EP layouts reproduce TP=1/PP=1/CP=1/EP=1.
 
 Usage: torchrun --nproc-per-node 4 cp_parity.py FAMILY WORK_DIR
+
+A dense family runs the CP layouts; a mixture-of-experts family the EP layouts, each beside DP,
+TP (with sequence parallelism), PP or CP, dropless.
 
 First the CP collectives are checked against their definitions. Then the TP=1/PP=1/CP=1
 reference (DP=4) saves its weights and finalized gradients; every CP layout loads the weights,
@@ -29,7 +32,8 @@ from dtrpo_mega.parallel.grads import finalize_grads
 from dtrpo_mega.parallel.runtime import ParallelConfig, initialize
 from dtrpo_mega.training.step import forward_backward
 
-LAYOUTS = [(1, 1, 2), (1, 1, 4), (2, 1, 2), (1, 2, 2)]  # (TP, PP, CP); CP=2 alone is CP2 x DP2
+LAYOUTS = [(1, 1, 2, 1), (1, 1, 4, 1), (2, 1, 2, 1), (1, 2, 2, 1)]  # (TP, PP, CP, EP); CP=2 alone is CP2 x DP2
+MOE_LAYOUTS = [(1, 1, 1, 2), (2, 1, 1, 2), (1, 2, 1, 2), (1, 1, 2, 2)]  # EP2 x DP2, x TP2, x PP2, x CP2
 ROWS = [  # per data set, per micro-batch: (sequence length, prompt length) of each row
     [[(14, 3), (11, 6)], [(17, 9), (9, 2)]],
     [[(12, 5), (15, 1)], [(10, 4), (13, 7)]],
@@ -69,8 +73,8 @@ def loss_func(batch: Batch, token_ce: torch.Tensor):
     return loss, batch.scored.sum().int(), {"logps": logps.detach()}
 
 
-def run(cfg, tp, pp, cp):
-    initialize(ParallelConfig(tp, pp, cp), seed=5)
+def run(cfg, tp, pp, cp, ep=1):
+    initialize(ParallelConfig(tp, pp, cp, expert_model_parallel_size=ep), seed=5)
     model = build_model(cfg)
     model.config.calculate_per_token_loss = True  # the schedule leaves the summed losses alone
     return model
@@ -123,14 +127,16 @@ def main():
     data = [data_set(cfg, i) for i in range(len(ROWS))]
 
     model = run(cfg, 1, 1, 1)
+    if cfg.moe is not None:
+        assert any(".mlp.experts." in name for name, _ in model.named_parameters())
     reference_logps = [step(model, [batches], 1, forward_only=True) for batches in data]
     sets, num_units = my_sets(data)
     step(model, [data[i] for i in sets], num_units)
     save_weights(model, work / "weights")
     save_grads(model, work / "grads")
 
-    for tp, pp, cp in LAYOUTS:
-        model = run(cfg, tp, pp, cp)
+    for tp, pp, cp, ep in MOE_LAYOUTS if cfg.moe is not None else LAYOUTS:
+        model = run(cfg, tp, pp, cp, ep)
         load_weights(model, work / "weights")
         sets, num_units = my_sets(data)
         logps = step(model, [data[i] for i in sets], num_units)
@@ -140,12 +146,13 @@ def main():
             for got, ref in zip(logps, expected):
                 ref = shard_tokens(ref, parallel_state.get_context_parallel_rank(), cp)
                 torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-        reference_grads = run(cfg, tp, pp, cp)
+        reference_grads = run(cfg, tp, pp, cp, ep)
         load_weights(reference_grads, work / "grads")
-        checked = assert_grads_match(model, reference_grads, f"TP={tp} PP={pp} CP={cp}")
+        checked = assert_grads_match(model, reference_grads, f"TP={tp} PP={pp} CP={cp} EP={ep}")
         dist.barrier()
         if dist.get_rank() == 0:
-            print(f"CP PARITY OK family={family} TP={tp} PP={pp} CP={cp} params_checked_rank0={checked}", flush=True)
+            print(f"CP PARITY OK family={family} TP={tp} PP={pp} CP={cp} EP={ep} params_checked_rank0={checked}",
+                  flush=True)
 
 
 if __name__ == "__main__":

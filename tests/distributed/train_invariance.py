@@ -2,6 +2,9 @@
 
 Usage: torchrun --nproc-per-node 4 train_invariance.py DATA_PREFIX WORK_DIR FAMILY
 
+A mixture-of-experts family runs EP1 (DP4) first, then EP2 beside DP, TP (sequence parallel), PP,
+CP and packing, without the load-balancing loss (it depends on how tokens share a micro-batch).
+
 The same global batch (8 pairs) runs at TP1PP1 (DP4), with a different micro-batch split, at
 TP2 (DP2), PP2 (DP2) and TP2xPP2 (DP1, two splits), packed into rows of a token budget, and
 with context parallelism (CP2 with DP, TP or PP; CP4; packed), through the training code's own
@@ -32,6 +35,8 @@ LAYOUTS = [(1, 1, 1, 2, False), (1, 1, 1, 1, True), (2, 1, 1, 2, True), (1, 2, 1
            (2, 2, 1, 8, True), (1, 1, 1, 0, True), (2, 2, 1, 0, True), (2, 2, 1, 0, False), (1, 1, 2, 2, True),
            (1, 1, 2, 2, False), (2, 1, 2, 1, True), (1, 2, 2, 4, True), (1, 1, 4, 8, True), (1, 1, 2, 0, True),
            (2, 1, 2, 0, True)]
+MOE_LAYOUTS = [(1, 1, 1, 2, True, 1), (1, 1, 1, 1, True, 2), (2, 1, 1, 2, True, 2), (1, 2, 1, 4, True, 2),
+               (1, 1, 2, 2, True, 2), (1, 1, 1, 0, True, 2), (1, 1, 1, 2, False, 2)]  # ..., EP
 ROW_TOKENS = 192  # packed rows: room for two or three pairs of the counting data
 
 
@@ -49,13 +54,15 @@ def row_digests(micro) -> dict[int, str]:
     return out
 
 
-def one_step(data, family, tp, pp, cp, mbs, shared):
+def one_step(data, family, tp, pp, cp, mbs, shared, ep=1):
     batching = [f"train.micro_batch_size={mbs}"] if mbs else ["data.packing=true",
                                                               f"train.micro_batch_tokens={ROW_TOKENS}"]
+    moe = ", moe: {aux_loss_coeff: 0.0}" if family in ("llada2", "sdar_moe") else ""
     cfg = load_config(None, [
         # blocks of 4: the counting prompts (5 tokens) share their first block
         f"data.path={data}", f"model.family={family}",
-        "model.overrides={num_layers: 4, block_size: 4, sub_block_size: 4}",
+        f"model.overrides={{num_layers: 4, block_size: 4, sub_block_size: 4{moe}}}",
+        f"parallel.expert_model_parallel_size={ep}",
         f"parallel.tensor_model_parallel_size={tp}", f"parallel.pipeline_model_parallel_size={pp}",
         f"parallel.context_parallel_size={cp}", "train.global_batch_size=8", "loss.beta=0.5", "loss.nll_weight=0.2",
         "data.pad_to_multiple=1", f"data.share_prompt={str(shared).lower()}", *batching,
@@ -69,9 +76,11 @@ def main():
     data, work, family = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     expected_metrics, expected_rows = None, {}
     threads = []
-    for n, (tp, pp, cp, mbs, shared) in enumerate(LAYOUTS):
-        name = f"TP={tp} PP={pp} CP={cp} " + (f"micro_batch={mbs}" if mbs else "packed") + (" shared" if shared else "")
-        cfg, run, policy = one_step(data, family, tp, pp, cp, mbs, shared)
+    layouts = MOE_LAYOUTS if family in ("llada2", "sdar_moe") else [(*layout, 1) for layout in LAYOUTS]
+    for n, (tp, pp, cp, mbs, shared, ep) in enumerate(layouts):
+        name = (f"TP={tp} PP={pp} CP={cp} " + (f"EP={ep} " if ep > 1 else "")
+                + (f"micro_batch={mbs}" if mbs else "packed") + (" shared" if shared else ""))
+        cfg, run, policy = one_step(data, family, tp, pp, cp, mbs, shared, ep)
         if n == 0:
             save_weights(policy, work / "weights")
         else:

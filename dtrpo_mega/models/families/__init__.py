@@ -6,11 +6,12 @@ Code outside `models/` uses only this module's functions, never a family module'
 
 from __future__ import annotations
 
-from dtrpo_mega.models.config import DLLMConfig
-from dtrpo_mega.models.families import dream, fast_dllm_v2, llada, sdar
+from dtrpo_mega.models.config import DLLMConfig, merge_moe
+from dtrpo_mega.models.families import dream, fast_dllm_v2, llada, llada2, sdar, sdar_moe
 from dtrpo_mega.models.families.spec import ChatTemplate, Family, SourceFormat
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (fast_dllm_v2.FAMILY, sdar.FAMILY, llada.FAMILY, dream.FAMILY)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (fast_dllm_v2.FAMILY, sdar.FAMILY, llada.FAMILY, dream.FAMILY,
+                                                    llada2.FAMILY, sdar_moe.FAMILY)}
 
 # A debug model for every family: runs anywhere, and its vocabulary is not a multiple of 128 so
 # that vocabulary padding is always exercised; its mask token is its last vocabulary row.
@@ -43,7 +44,8 @@ def model_config(family: str, size: str = "tiny", **overrides) -> DLLMConfig:
     sizes = {"tiny": {**TINY, **spec.tiny_blocks}, **{name: s.fields for name, s in spec.sizes.items()}}
     if size not in sizes:
         raise ValueError(f"unknown size {size!r} for family {family!r}; available: {sorted(sizes)}")
-    fields = {**spec.traits, **sizes[size], **overrides}
+    fields = {**spec.traits, **sizes[size]}
+    fields.update(merge_moe(fields.get("moe"), overrides))
     if size == "tiny" and "mask_token_id" not in overrides:
         fields["mask_token_id"] = fields["vocab_size"] - 1
     return DLLMConfig(family=family, **fields)

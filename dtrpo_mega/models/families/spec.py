@@ -32,11 +32,24 @@ class ChatTemplate:
     strip_content: bool = False  # trim whitespace around message contents
     response_prefix: str = ""  # opens every conversational response, scored with it (SDAR: an empty think block)
     block_fill: str = ""  # the token that fills a last block after end-of-turn (`data.last_block=fill`)
+    role_names: dict = field(default_factory=dict, hash=False)  # a role as the template writes it (Ling: user -> HUMAN)
+    system_suffix: str = ""  # closes every system message, on its own line; with no system message, is one (Ling)
 
     @property
     def special_tokens(self) -> list[str]:
         text = self.turn + self.generation_prompt + self.end_of_turn + self.bos + self.response_prefix + self.block_fill
         return sorted(set(SPECIAL.findall(text)))
+
+    def conversation(self, messages: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """(role, content) of every turn as the template writes them: the default system message
+        where none is given, the system suffix, the template's role names."""
+        if self.default_system is not None and (not messages or messages[0][0] != "system"):
+            messages = [("system", self.default_system), *messages]
+        if self.system_suffix:
+            first, rest = (messages[0], messages[1:]) if messages and messages[0][0] == "system" else (("system", ""),
+                                                                                                       messages)
+            messages = [("system", "\n".join(filter(None, (first[1], self.system_suffix)))), *rest]
+        return [(self.role_names.get(role, role), content) for role, content in messages]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -117,6 +130,16 @@ TRANSFORMERS_NAMES: dict[str, tuple[str, ...]] = {
     "decoder.layers.*.mlp.linear_fc2.weight": ("model.layers.*.mlp.down_proj.weight",),
     "decoder.final_layernorm.weight": ("model.norm.weight",),
     "output_layer.weight": ("lm_head.weight",),
+}
+
+
+# Qwen2/Qwen3-MoE's routed experts in transformers' (hub) naming; `#` is the expert index.
+TRANSFORMERS_MOE_NAMES: dict[str, tuple[str, ...]] = {
+    **{k: v for k, v in TRANSFORMERS_NAMES.items() if ".mlp.linear_fc" not in k or "layer_norm" in k},
+    "decoder.layers.*.mlp.router.weight": ("model.layers.*.mlp.gate.weight",),
+    "decoder.layers.*.mlp.experts.experts.linear_fc1.weight": ("model.layers.*.mlp.experts.#.gate_proj.weight",
+                                                              "model.layers.*.mlp.experts.#.up_proj.weight"),
+    "decoder.layers.*.mlp.experts.experts.linear_fc2.weight": ("model.layers.*.mlp.experts.#.down_proj.weight",),
 }
 
 

@@ -1,0 +1,114 @@
+"""Mixture-of-experts training: the load-balancing loss's weight, the router metrics, aux-loss-free
+bias balancing (policy only), and EP runs equal to EP1 runs step for step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import REPO, run_torchrun
+from dtrpo_mega.config import load_config
+from dtrpo_mega.parallel.grads import finalize_grads
+from dtrpo_mega.training.loop import micro_batches_of, step_loss, train
+from dtrpo_mega.training.moe import RouterMonitor
+from dtrpo_mega.training.reference import ResidentReference
+from dtrpo_mega.training.setup import build_policy, build_reference_model, setup_run
+from dtrpo_mega.training.step import forward_backward
+
+
+def _config(data, family, *overrides):
+    return load_config(None, [f"data.path={data}", f"model.family={family}", "train.global_batch_size=4",
+                              "train.micro_batch_size=2", *overrides])
+
+
+def _step(run, policy, reference, monitor=None, pairs=4):
+    micro = reference.with_reference(micro_batches_of(run, step=0))
+    policy.zero_grad()
+    if monitor is None:
+        forward_backward(policy, micro, step_loss(run, micro))
+    else:
+        with monitor.step(len(micro), pairs):
+            forward_backward(policy, micro, step_loss(run, micro))
+    finalize_grads(policy, num_units=pairs)
+    return {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+
+
+def test_balancing_loss_weight_is_its_coefficient_over_micro_batches(world_of_one, counting_datasets):
+    """The router gradient from the balancing loss is the same whatever the pair count the step is
+    divided by, and zero without the loss; the coefficient is restored after the step."""
+    data = counting_datasets("sdar_moe")
+    grads = {}
+    for coeff, pairs in ((0.0, 4), (0.01, 4), (0.01, 8)):
+        overrides = f"model.overrides={{num_layers: 2, moe: {{aux_loss_coeff: {coeff}}}}}"
+        run = setup_run(_config(data, "sdar_moe", overrides))
+        policy = build_policy(run)
+        reference = ResidentReference(build_reference_model(run, policy))
+        monitor = RouterMonitor(policy, dp_size=1)
+        grads[coeff, pairs] = _step(run, policy, reference, monitor, pairs)
+        assert policy.config.moe_aux_loss_coeff == coeff
+        metrics = monitor.metrics()
+        assert ("moe/aux_loss" in metrics) == (coeff > 0)
+        if coeff:
+            assert 0.9 < metrics["moe/aux_loss"] < 8  # 1 when balanced, at most the number of experts
+        assert set(metrics) >= {"moe/expert_load_max", "moe/layer0/expert_load_max", "moe/layer1/expert_load_min"}
+        assert metrics["moe/expert_load_max"] >= 1 >= metrics["moe/layer1/expert_load_min"] >= 0
+    router = "decoder.layers.0.mlp.router.weight"
+    # a step over 8 pairs divides the dTRPO part by 8; the balancing part keeps its weight
+    balancing = grads[0.01, 4][router] - grads[0.0, 4][router]
+    assert balancing.abs().max() > 1e-6
+    torch.testing.assert_close(grads[0.01, 8][router] - grads[0.0, 4][router] * 4 / 8, balancing, rtol=1e-5,
+                               atol=1e-9)
+
+
+def test_expert_bias_moves_for_the_policy_and_never_for_the_reference(world_of_one, counting_datasets):
+    run = setup_run(_config(counting_datasets("llada2"), "llada2",
+                            "model.overrides={num_layers: 2, moe: {bias_update_rate: 0.01}}"))
+    policy = build_policy(run)
+    reference_model = build_reference_model(run, policy)
+    reference = ResidentReference(reference_model)
+    routers = [m for m in policy.modules() if getattr(m, "expert_bias", None) is not None]
+    assert len(routers) == 1  # layer 0 is dense (first_k_dense_replace)
+    counts = []
+    routers[0].register_forward_hook(lambda m, i, out: counts.append(out[1].sum(0).double())
+                                     if m.training and torch.is_grad_enabled() else None)
+    _step(run, policy, reference)
+    count = torch.stack(counts).sum(0)
+    expected = torch.sign(count.mean() - count) * 0.01
+    torch.testing.assert_close(routers[0].expert_bias.double(), expected)
+    assert not routers[0].local_tokens_per_expert.any()  # the counts restart with the next step
+    assert all(not m.expert_bias.any() for m in reference_model.modules()
+               if getattr(m, "expert_bias", None) is not None)
+
+
+def test_training_logs_the_router_metrics(world_of_one, counting_datasets, tmp_path):
+    history = train(_config(counting_datasets("sdar_moe"), "sdar_moe", "model.overrides={num_layers: 2}",
+                            "train.train_steps=2", f"logging.dir={tmp_path}", "logging.progress_bar=false"))
+    assert [r["step"] for r in history] == [1, 2]
+    assert all(0.9 < r["moe/aux_loss"] < 8 and r["moe/expert_load_max"] >= 1 for r in history)
+
+
+def _losses(run_dir) -> dict[int, dict]:
+    return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llada2", "sdar_moe"])
+def test_ep2_trains_as_ep1(tmp_path, counting_datasets, family):
+    """Three dTRPO steps on 4 CPU ranks (DP4) at EP1 and EP2: every logged value equal (rel 1e-5),
+    the balancing loss (sdar_moe) and the bias updates (llada2) included."""
+    runs = {}
+    for ep in (1, 2):
+        run_dir = tmp_path / f"ep{ep}"
+        run_torchrun(str(REPO / "dtrpo_mega" / "train.py"), 4, f"data.path={counting_datasets(family)}",
+                     f"model.family={family}", "model.overrides={num_layers: 2, moe: {bias_update_rate: 0.01}}",
+                     f"parallel.expert_model_parallel_size={ep}", "train.global_batch_size=8",
+                     "train.micro_batch_size=1", "train.train_steps=3", "optimizer.lr=1e-3",
+                     f"logging.dir={run_dir}", "logging.progress_bar=false")
+        runs[ep] = _losses(run_dir)
+    assert sorted(runs[2]) == [1, 2, 3]
+    for step, row in runs[1].items():
+        for key in ("loss", "rewards/margins", "grad_norm", "moe/expert_load_max", *(["moe/aux_loss"] * (
+                family == "sdar_moe"))):
+            assert runs[2][step][key] == pytest.approx(row[key], rel=1e-5, abs=1e-7), (step, key)
