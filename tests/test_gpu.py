@@ -75,3 +75,25 @@ def test_compiled_flex_compiles_once_per_bucket_with_gradients():
             torch.testing.assert_close(got, want, **TOL[torch.float32])
     assert len(buckets) == 2
     assert counter.frame_count == len(buckets), f"{counter.frame_count} compilations for {len(buckets)} buckets"
+
+
+@pytest.mark.parametrize("family", ["llada2", "sdar_moe"])
+def test_te_grouped_experts_load_and_match_the_sequential_experts(world_of_one, transformer_engine, tmp_path, family):
+    """The TE spec's grouped-GEMM experts keep the local spec's checkpoint keys (a CPU checkpoint
+    loads on GPU and back) and give its logits."""
+    from dtrpo_mega.checkpoint.model import load_model, save_model
+    from dtrpo_mega.diffusion.mask import MaskVariant, collate, plain_sample
+    from dtrpo_mega.models.dllm import build_model
+    from dtrpo_mega.models.families import model_config
+
+    cfg = model_config(family, attention_backend="local")
+    local = build_model(cfg, transformer_impl="local", seed=3).eval()
+    save_model(local, tmp_path / "ckpt")
+    grouped = build_model(cfg, transformer_impl="transformer_engine").eval()
+    load_model(grouped, tmp_path / "ckpt")
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, cfg.vocab_size - 1, (2, 24), generator=g)
+    _, layout = collate([plain_sample(t) for t in tokens], MaskVariant.CAUSAL, cfg.block_size, pad_id=0)
+    with torch.no_grad():
+        want, got = (m(tokens.cuda(), layout.to("cuda")) for m in (local, grouped))
+    torch.testing.assert_close(got, want, **TOL[torch.float32])

@@ -136,7 +136,7 @@ FAMILY = Family(
                      moe=ling_router(num_experts=8, ffn_hidden_size=32, topk=4, shared_expert_ffn_hidden_size=32,
                                      num_groups=4, group_topk=2, routed_scaling_factor=2.5)),
     chat=LING_CHAT,
-    formats=(SourceFormat("llada2", ("LLaDA2MoeModelLM",), ("llada2_moe", "llada2_moe_veomni"), "llada2", WEIGHT_NAMES,
+    formats=(SourceFormat("llada2", ("LLaDA2MoeModelLM",), ("llada2_moe",), "llada2", WEIGHT_NAMES,
                           qk_norm=True, read_structure=read_structure, write_structure=write_structure),),
     sft=SFTConvention(inverse_t=False, one_t=True, complementary=False, normalizer=SFTNormalizer.MASKED_TOKENS),
     last_block=LastBlock.FILL,
