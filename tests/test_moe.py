@@ -97,17 +97,23 @@ def _losses(run_dir) -> dict[int, dict]:
 @pytest.mark.parametrize("family", ["llada2", "sdar_moe"])
 def test_ep2_trains_as_ep1(tmp_path, counting_datasets, family):
     """Three dTRPO steps on 4 CPU ranks (DP4) at EP1 and EP2: every logged value equal (rel 1e-5),
-    the balancing loss (sdar_moe) and the bias updates (llada2) included."""
+    the balancing loss (sdar_moe) and the bias updates (llada2) included; the EP2 checkpoint then
+    resumes at EP1, its experts resharded."""
     runs = {}
+
+    def train_at(ep, run_dir, steps):
+        return run_torchrun(str(REPO / "dtrpo_mega" / "train.py"), 4, f"data.path={counting_datasets(family)}",
+                            f"model.family={family}", "model.overrides={num_layers: 2, moe: {bias_update_rate: 0.01}}",
+                            f"parallel.expert_model_parallel_size={ep}", "train.global_batch_size=8",
+                            "train.micro_batch_size=1", f"train.train_steps={steps}", "optimizer.lr=1e-3",
+                            f"logging.dir={run_dir}", f"checkpoint.dir={run_dir}/ckpt", "logging.progress_bar=false")
+
     for ep in (1, 2):
-        run_dir = tmp_path / f"ep{ep}"
-        run_torchrun(str(REPO / "dtrpo_mega" / "train.py"), 4, f"data.path={counting_datasets(family)}",
-                     f"model.family={family}", "model.overrides={num_layers: 2, moe: {bias_update_rate: 0.01}}",
-                     f"parallel.expert_model_parallel_size={ep}", "train.global_batch_size=8",
-                     "train.micro_batch_size=1", "train.train_steps=3", "optimizer.lr=1e-3",
-                     f"logging.dir={run_dir}", "logging.progress_bar=false")
-        runs[ep] = _losses(run_dir)
+        train_at(ep, tmp_path / f"ep{ep}", 3)
+        runs[ep] = _losses(tmp_path / f"ep{ep}")
     assert sorted(runs[2]) == [1, 2, 3]
+    assert "weights resharded, optimizer state reset" in train_at(1, tmp_path / "ep2", 4)
+    assert 4 in _losses(tmp_path / "ep2")
     for step, row in runs[1].items():
         for key in ("loss", "rewards/margins", "grad_norm", "moe/expert_load_max", *(["moe/aux_loss"] * (
                 family == "sdar_moe"))):
