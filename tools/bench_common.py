@@ -7,6 +7,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -54,6 +56,20 @@ def host(*extra: str) -> str:
     """The processor, core count (and `extra`, e.g. the device) and torch version, for result tables."""
     return ", ".join([platform.processor() or platform.machine(), f"{os.cpu_count()} cores", *extra,
                       f"torch {torch.__version__}"])
+
+
+def torchrun_worker(script: str, nproc: int, argv: list[str], label: str) -> dict:
+    """Run `script ARGV --worker` on `nproc` gloo ranks (one thread each) and return the JSON its
+    rank 0 prints last."""
+    from dtrpo_mega.parallel.runtime import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
+           script, *argv, "--worker"]
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    if proc.returncode:
+        raise RuntimeError(f"{label} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def write_results(path: str, payload: dict) -> None:

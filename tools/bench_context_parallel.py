@@ -17,13 +17,12 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 
-from bench_common import add_backbone_options, backbone_config, host, write_results
+from bench_common import add_backbone_options, backbone_config, host, torchrun_worker, write_results
 
 
 def worker(args) -> None:
@@ -92,17 +91,7 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    from dtrpo_mega.parallel.runtime import free_port
-
-    results = []
-    for cp in args.cp:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={cp}", f"--master-port={free_port()}",
-               __file__, *sys.argv[1:], "--worker"]
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
-        if proc.returncode:
-            raise RuntimeError(f"CP={cp} failed:\n{proc.stderr[-3000:]}")
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    results = [torchrun_worker(__file__, cp, sys.argv[1:], f"CP={cp}") for cp in args.cp]
     machine = host()
     print(f"one pair, prompt {args.prompt}, responses {args.response}: 2 rows of {results[0]['row_tokens']} tokens; "
           f"{machine}")

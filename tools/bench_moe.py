@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 
-from bench_common import add_backbone_options, backbone_config, host, preference_like_pairs, write_results
+from bench_common import (
+    add_backbone_options,
+    backbone_config,
+    host,
+    preference_like_pairs,
+    torchrun_worker,
+    write_results,
+)
 
 
 def model_of(args):
@@ -112,18 +117,9 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    from dtrpo_mega.parallel.runtime import free_port
-
-    results = []
-    for ep in args.ep:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.ranks}",
-               f"--master-port={free_port()}", __file__, *sys.argv[1:], "--worker", f"--ep-size={ep}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
-        if proc.returncode:
-            raise RuntimeError(f"EP={ep} failed:\n{proc.stderr[-3000:]}")
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     from dtrpo_mega.models.attention import resolve_backend
+
+    results = [torchrun_worker(__file__, args.ranks, [*sys.argv[1:], f"--ep-size={ep}"], f"EP={ep}") for ep in args.ep]
 
     machine = host()
     cfg = model_of(args)
