@@ -204,9 +204,10 @@ class DLLMConfig:
         return cls(**{**{k: traits[k] for k in LATER_TRAITS if k in traits and k not in d}, **d})
 
     def transformer_config(self, tp: int, pp: int, params_dtype: torch.dtype, use_cpu_initialization: bool,
-                           cp: int = 1, ep: int = 1, etp: int = 1):
+                           cp: int = 1, ep: int = 1, etp: int = 1, te_experts: bool = False):
         """The megatron-core TransformerConfig of this model at a parallel layout (CP: context-parallel
-        size; EP, ETP: expert-parallel and expert tensor-parallel sizes)."""
+        size; EP, ETP: expert-parallel and expert tensor-parallel sizes; `te_experts`: the Transformer
+        Engine layer spec's grouped-GEMM experts with fused token permutation)."""
         from megatron.core.transformer.transformer_config import TransformerConfig
 
         self.check_parallel(tp, pp, ep, etp)
@@ -247,20 +248,19 @@ class DLLMConfig:
             sequence_parallel=self.sequence_parallel(tp),
             expert_model_parallel_size=ep,
             expert_tensor_parallel_size=etp,
-            **self._moe_fields(),
+            **self._moe_fields(te_experts),
         )
 
     def sequence_parallel(self, tp: int) -> bool:
         """Whether activations outside attention and MLP are split over the TP ranks' sequence."""
         return self.moe is not None and tp > 1
 
-    def _moe_fields(self) -> dict:
-        """TransformerConfig's MoE fields. On CUDA with Transformer Engine the experts run as one
-        grouped GEMM with fused permutation; elsewhere as megatron-core's SequentialMLP."""
+    def _moe_fields(self, te_experts: bool) -> dict:
+        """TransformerConfig's MoE fields: with TE's layer spec the experts run as one grouped GEMM
+        with fused permutation; with the local spec as megatron-core's SequentialMLP."""
         if self.moe is None:
             return {}
         m = self.moe
-        fused = torch.cuda.is_available() and _te_importable()
         return dict(
             num_moe_experts=m.num_experts,
             moe_ffn_hidden_size=m.ffn_hidden_size,
@@ -279,8 +279,8 @@ class DLLMConfig:
             moe_router_load_balancing_type="aux_loss" if m.aux_loss_coeff else "none",
             moe_aux_loss_coeff=m.aux_loss_coeff,
             moe_expert_capacity_factor=None,
-            moe_grouped_gemm=fused,
-            moe_permute_fusion=fused,
+            moe_grouped_gemm=te_experts,
+            moe_permute_fusion=te_experts,
         )
 
 
@@ -289,11 +289,3 @@ def merge_moe(moe: MoEConfig | None, overrides: dict) -> dict:
     if isinstance(overrides.get("moe"), dict) and moe is not None:
         return {**overrides, "moe": dataclasses.replace(moe, **overrides["moe"])}
     return overrides
-
-
-def _te_importable() -> bool:
-    try:
-        import transformer_engine.pytorch  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -143,12 +143,14 @@ def build_model(cfg: DLLMConfig, params_dtype: torch.dtype = torch.float32, tran
     groups = pg_collection if pg_collection is not None else ProcessGroupCollection.use_mpu_process_groups()
     tp, pp = groups.tp.size(), groups.pp.size()
     on_gpu = torch.cuda.is_available()
+    impl = _impl(transformer_impl)
     transformer_config = cfg.transformer_config(tp, pp, params_dtype, use_cpu_initialization=not on_gpu,
-                                                cp=groups.cp.size(), ep=groups.ep.size(), etp=groups.expt_tp.size())
+                                                cp=groups.cp.size(), ep=groups.ep.size(), etp=groups.expt_tp.size(),
+                                                te_experts=impl == "transformer_engine")
     model = DLLM(
         cfg,
         transformer_config,
-        decoder_spec(cfg, transformer_config, transformer_impl, groups.pp.rank()),
+        decoder_spec(cfg, transformer_config, impl, groups.pp.rank()),
         pre_process=groups.pp.rank() == 0,
         post_process=groups.pp.rank() == pp - 1,
         padded_vocab_size=cfg.padded_vocab(tp),
