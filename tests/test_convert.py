@@ -229,6 +229,8 @@ DLLM_SOURCES = {  # format: (base source, fields, expected (block_size, logits_s
     "dream": ("qwen2", dict(architectures=["DreamModel"], model_type="Dream", mask_token_id=249),
               (32, True, MaskVariant.BIDIRECTIONAL)),
     "llada": ("llama", None, (32, False, MaskVariant.BIDIRECTIONAL)),
+    "sdar_moe": ("qwen3_moe", dict(architectures=["SDARMoeForCausalLM"], model_type="sdar_moe", block_size=4,
+                                   mask_token_id=249), (4, False, MaskVariant.BLOCK_DIFFUSION)),
 }
 
 
@@ -399,7 +401,7 @@ def test_command_line(sources, tmp_path):
     assert refused.returncode == 2 and "TP=3 does not divide num_attention_heads=4" in refused.stderr
 
 
-@pytest.mark.parametrize("family", ["fast_dllm_v2", "sdar", "llada", "dream"])
+@pytest.mark.parametrize("family", ["fast_dllm_v2", "sdar", "llada", "dream", "llada2", "sdar_moe"])
 def test_random_checkpoint_tool_writes_each_familys_own_format(world_of_one, tmp_path, family):
     """tools/make_random_hf_checkpoint.py: the family's preset in its own config.json and weight names."""
     import importlib.util
@@ -413,5 +415,10 @@ def test_random_checkpoint_tool_writes_each_familys_own_format(world_of_one, tmp
     assert cfg.family == family
     for name in ("vocab_size", "hidden_size", "ffn_hidden_size", "num_layers", "num_attention_heads",
                  "num_query_groups", "head_dim", "qkv_bias", "qk_norm", "tie_embeddings", "mask_token_id", "attention",
-                 "block_alignment", "logits_shift"):
+                 "block_alignment", "logits_shift", "rotary_fraction", "moe"):
         assert getattr(cfg, name) == getattr(expected, name), name
+    if cfg.moe is not None:  # experts streamed one at a time; bit-exact back, at TP2 too
+        from dtrpo_mega.convert.hf_io import HFCheckpoint
+
+        rows = roundtrip(tmp_path / "hf", tmp_path / "rt", tp=2, **quiet)
+        _all_match(*rows, len(HFCheckpoint(tmp_path / "hf").tensors))
