@@ -1,8 +1,10 @@
 """The memory planner against measurements: parameters exactly, saved activations within 15%.
 
 Activations are measured with `SavedActivations` during the forward of real micro-batches
-(`RowBuilder` rows of the dTRPO objective) on CPU, fp32 and bf16, `local` layers and attention.
-`pytest tests/test_plan_memory.py -s -k measured` prints every comparison.
+(`RowBuilder` rows of the dTRPO objective) on CPU, fp32 and bf16, `local` layers and attention,
+dense and mixture-of-experts models (megatron-core's SequentialMLP experts). Also: total vs active
+parameters and FLOPs of the MoE families. `pytest tests/test_plan_memory.py -s -k measured` prints
+every comparison.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dtrpo_mega.models.families import model_config
 from dtrpo_mega.models.recompute import RecomputeConfig, RecomputeGranularity, RecomputeMethod, checkpoint_spans
 from dtrpo_mega.perf import memory as M
 from dtrpo_mega.perf.activations import SavedActivations
+from dtrpo_mega.perf.flops import dense_flops_per_token, parameter_counts
 from dtrpo_mega.rows import RowBuilder
 from dtrpo_mega.rows.samples import shared_prompt_length
 
@@ -33,6 +36,11 @@ SHAPES = {  # Qwen2 GQA with q/k/v bias; Qwen3 q/k norm, wider, tied; LLaMA-styl
                                tie_embeddings=True)),
     "llada_mha": ("llada", dict(num_query_groups=4)),
 }
+MOE_SHAPES = {  # LLaDA2: dense layer 0, sigmoid group routing, a shared expert; Qwen3-MoE: softmax, balancing loss
+    "llada2": ("llada2", {}),
+    "sdar_moe": ("sdar_moe", {}),
+}
+MODELS = {**SHAPES, **MOE_SHAPES}
 RECOMPUTE = {
     "none": RecomputeConfig(),
     "selective": RecomputeConfig(RecomputeGranularity.SELECTIVE),
@@ -43,7 +51,7 @@ LENGTHS = [(8, 16, 1), (13, 40, 2), (20, 96, 1)]  # prompt, response, pairs per 
 
 
 def _model(name: str):
-    family, overrides = SHAPES[name]
+    family, overrides = MODELS[name]
     return model_config(family, "tiny", attention_backend="local", **overrides)
 
 
@@ -89,14 +97,14 @@ def _compare(name: str, work: M.Workload, recompute: str, bf16: bool = False, sh
 
 @pytest.mark.parametrize("recompute", list(RECOMPUTE))
 @pytest.mark.parametrize("prompt,response,pairs", LENGTHS)
-@pytest.mark.parametrize("name", list(SHAPES))
+@pytest.mark.parametrize("name", list(MODELS))
 def test_measured_activations_fp32(world_of_one, name, prompt, response, pairs, recompute):
     work = M.Workload(prompt, response, pairs_per_micro_batch=pairs, pairs_per_step=pairs)
     assert abs(_compare(name, work, recompute) - 1) < 0.15
 
 
 @pytest.mark.parametrize("recompute", ["none", "full"])
-@pytest.mark.parametrize("name", list(SHAPES))
+@pytest.mark.parametrize("name", list(MODELS))
 def test_measured_activations_of_rows_without_a_shared_prompt(world_of_one, name, recompute):
     work = M.Workload(20, 40, pairs_per_micro_batch=2, pairs_per_step=2)
     assert abs(_compare(name, work, recompute, share_prompt=False) - 1) < 0.15
@@ -119,7 +127,7 @@ def test_a_shared_prompt_is_planned_as_built(world_of_one):
 
 
 @pytest.mark.parametrize("recompute", list(RECOMPUTE))
-@pytest.mark.parametrize("name", ["fast_dllm_v2", "sdar_wide"])
+@pytest.mark.parametrize("name", ["fast_dllm_v2", "sdar_wide", "llada2"])
 def test_measured_activations_bf16(world_of_one, name, recompute):
     work = M.Workload(13, 40, pairs_per_micro_batch=2, pairs_per_step=2)
     assert abs(_compare(name, work, recompute, bf16=True) - 1) < 0.15
@@ -152,10 +160,75 @@ def test_parameters_exact(world_of_one, name):
     assert last + cfg.tie_embeddings * embedding == M.stage_parameters(cfg, 1, 2, 1)  # tied: a copy on the last stage
 
 
+@pytest.mark.parametrize("name", list(MOE_SHAPES))
+def test_expert_parameters_exact(world_of_one, name):
+    """TP=1 exactly; PP=2 (LLaDA2's dense layer 0 on stage 0) and EP=2 (half of each layer's routed
+    experts) from the names of the same model's parameters."""
+    cfg = _model(name)
+    named = dict(build_model(cfg, transformer_impl="local").named_parameters())
+    total = sum(p.numel() for p in named.values())
+    assert total == M.stage_parameters(cfg, 1, 1, 0) == parameter_counts(cfg)[0]
+    experts = sum(p.numel() for n, p in named.items() if ".mlp.experts." in n)
+    assert experts == M.expert_parameters(cfg, 1, 0) > 0
+    assert total - experts // 2 == M.stage_parameters(cfg, 1, 1, 0, ep=2)
+    layer = lambda n: int(n.split(".")[2]) if n.startswith("decoder.layers.") else None  # noqa: E731
+    stage0 = lambda n: n.startswith("embedding.") or (layer(n) is not None and layer(n) < cfg.num_layers // 2)  # noqa: E731
+    for stage, mine in ((0, stage0), (1, lambda n: not stage0(n))):
+        held = {n: p.numel() for n, p in named.items() if mine(n)}
+        routed = sum(v for n, v in held.items() if ".mlp.experts." in n)
+        assert routed == M.expert_parameters(cfg, 2, stage)
+        assert sum(held.values()) - routed // 2 == M.stage_parameters(cfg, 1, 2, stage, ep=2)
+
+
+def test_published_total_and_active_parameters():
+    """LLaDA2.0-mini: "16B total, 1.4B active"; Qwen3-30B-A3B (SDAR-30B-A3B): 30.5B total, 3.3B active."""
+    total, active = parameter_counts(model_config("llada2", "mini"))
+    assert 15e9 < total < 17.5e9 and 1.2e9 < active < 1.7e9, (total, active)
+    total, active = parameter_counts(model_config("sdar_moe", "30b_a3b"))
+    assert 30e9 < total < 31e9 and 3.1e9 < active < 3.5e9, (total, active)
+    dense = model_config("fast_dllm_v2", "7b")
+    assert parameter_counts(dense) == (M.stage_parameters(dense, 1, 1, 0),) * 2
+
+
+def test_moe_flops_count_the_active_experts_by_hand():
+    """Tiny LLaDA2: h 64, 4 layers (layer 0 dense, f 128), 4 heads of 16, 2 KV groups, vocab 256;
+    8 experts of 32, top-4, a shared expert of 32. Twice the active parameters but the embedding and the norms."""
+    cfg = model_config("llada2")
+    attention = 2 * 64 * 16 * (4 + 2 * 2) + 2 * 4 * 16 * 64
+    dense, moe = 6 * 64 * 128, 4 * 6 * 64 * 32 + 6 * 64 * 32 + 2 * 64 * 8
+    assert dense_flops_per_token(cfg) == 4 * attention + dense + 3 * moe + 2 * 64 * 256 == 367_616
+    norms = 4 * (2 * 64 + 2 * 16) + 64
+    assert dense_flops_per_token(cfg) == 2 * (parameter_counts(cfg)[1] - 256 * 64 - norms)
+
+
 def test_parallel_layouts_measured():
     """TP=2, PP=2 (each stage) and CP=2 on 2 CPU ranks: parameters exactly, activations within 15%."""
     output = run_torchrun("plan_memory_layouts.py", 2)
     assert output.count("PLAN OK") == 3, output
+
+
+@pytest.mark.slow
+def test_expert_parallel_layouts_measured():
+    """A tiny LLaDA2 at EP=2, x TP=2 (sequence parallel), x PP=2, x CP=2 on 4 CPU ranks: every rank's
+    parameters exactly, activations summed over the ranks within 15%."""
+    output = run_torchrun("plan_memory_layouts.py", 4, "moe")
+    assert output.count("PLAN OK") == 4, output
+
+
+def test_expert_state_shards_over_the_expert_data_parallel_group():
+    """EP=8 of 8 GPUs: each rank's experts alone, their Adam state unsharded; the rest over DP=8."""
+    cfg = model_config("llada2", "mini")
+    s = M.Settings(cfg, M.ParallelLayout(dp=8, ep=8))
+    memory = M.stage_memory(s, M.Workload(512, 1024), 0)
+    experts = M.expert_parameters(cfg, 1, 0, ep=8)
+    assert experts == 19 * 32 * 3 * 512 * 2048 and s.layout.expert_dp == 1
+    assert memory.optimizer == 12 * ((memory.parameters - experts) / 8 + experts)
+    tp2 = M.Settings(cfg, M.ParallelLayout(tp=2, dp=4, ep=4))
+    assert tp2.sequence_shards == 2 and tp2.layout.expert_dp == 2
+    with pytest.raises(ValueError, match="EP=3 does not divide num_experts=256"):
+        M.Settings(cfg, M.ParallelLayout(dp=3, ep=3))
+    with pytest.raises(ValueError, match="EP=4 x ETP=1 x PP=1 does not divide the world of 2 ranks"):
+        M.Settings(cfg, M.ParallelLayout(dp=2, ep=4))
 
 
 def _plan(**overrides):
@@ -241,6 +314,37 @@ def test_cli_packing(capsys):
 ])
 def test_cli_bad_inputs(capsys, args, message):
     assert _tool().main(["--config", CONFIG, *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_moe_layout_and_search(capsys):
+    """--ep, total and active parameters, and --search's table of TP x PP x EP layouts."""
+    tool = _tool()
+    assert tool.main(["--family", "llada2", "--size", "mini", "--world-size", "8", "--tp", "2", "--ep", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "16.26 B parameters, 1.43 B active (256 experts, top-8, 19 MoE layers)" in out
+    assert "TP=2 PP=1 CP=1 DP=4 EP=4 ETP=1 (sequence parallel)" in out and "experts / 2" in out
+    assert tool.main(["--family", "llada2", "--world-size", "4", "--search", "--prompt-length", "8",
+                      "--response-length", "16"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:5] == ["TP", "PP", "DP", "EP", "EDP"]) + 1
+    table = lines[start:lines.index("", start)]
+    layouts = {tuple(map(int, line.split()[:5])) for line in table}
+    # TP x PP x EP of 4 ranks with world % (EP x PP) == 0; TP=4 cannot split 2 KV groups
+    assert len(layouts) == 11 and {(1, 1, 4, 4, 1), (2, 1, 2, 4, 1), (2, 2, 1, 2, 1), (1, 4, 1, 1, 1)} <= layouts
+    assert all(line.endswith("none, selective, full") for line in table)
+    assert "TP=4 PP=1 EP=2: parallel layout does not fit the model: TP=4 does not divide num_query_groups" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--family", "llada2", "--ep", "3", "--world-size", "3"], "EP=3 does not divide num_experts=8"),
+    (["--family", "llada2", "--ep", "4", "--world-size", "2"], "EP=4 x ETP=1 x PP=1 does not divide the world"),
+    (["--family", "sdar", "--ep", "2", "--world-size", "2"], "EP=2 needs a mixture-of-experts model"),
+    (["--family", "llada2", "--search"], "--search needs --world-size"),
+])
+def test_cli_bad_moe_inputs(capsys, args, message):
+    assert _tool().main(args) == 2
     assert message in capsys.readouterr().err
 
 

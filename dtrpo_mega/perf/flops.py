@@ -1,17 +1,21 @@
 """Model FLOPs of a training step, for MFU, and the mask's tile geometry they rest on.
 
 Forward FLOPs (2 per multiply-add) of a row of s tokens:
-- dense matmuls per token: per layer the q/k/v projections 2·h·d·(H + 2G), the output
-  projection 2·H·d·h and the SwiGLU MLP 6·h·f (gate and up 2·h·2f, down 2·f·h); once, the
-  output layer 2·h·V (V: the padded vocabulary the model multiplies by). h hidden size, f FFN
-  size, H query heads, G KV groups, d head size.
+- matmuls per token: per layer the q/k/v projections 2·h·d·(H + 2G), the output projection
+  2·H·d·h and the SwiGLU MLP 6·h·f (gate and up 2·h·2f, down 2·f·h); once, the output layer
+  2·h·V (V: the padded vocabulary the model multiplies by). h hidden size, f FFN size, H query
+  heads, G KV groups, d head size.
+- a mixture of experts counts what a token runs (its active parameters): per MoE layer, in place
+  of the dense MLP, its k routed experts k·6·h·f_e, the shared experts 6·h·f_s and the router
+  2·h·E (f_e one expert's FFN size, f_s all shared experts', E experts); the first dense layers
+  keep 6·h·f.
 - attention per layer: 4·H·d per (query, key) pair the mask allows (QK^T and PV), padding
   queries excluded: the useful pairs, not what a kernel computes (all tiles, or whole
   non-empty tiles).
 A training step is 3x the forward (the backward does two matmuls per forward one). Activation
 recomputation's extra forward is not counted: MFU counts model FLOPs; hardware FLOPs (HFU)
-would add one forward of the recomputed layers. Norms, rotary, softmax and activations are not
-counted.
+would add one forward of the recomputed layers. Norms, rotary, softmax, activations and the
+experts' token permutation are not counted. `parameter_counts`: total vs active parameters.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch import Tensor
 
 from dtrpo_mega.diffusion.mask import PAD_SEGMENT, TokenLayout, may_attend
 from dtrpo_mega.models.config import DLLMConfig
+from dtrpo_mega.perf.memory import stage_parameters
 
 TILE = 128
 
@@ -48,12 +53,33 @@ def _head_dim(cfg: DLLMConfig) -> int:
     return cfg.head_dim or cfg.hidden_size // cfg.num_attention_heads
 
 
+def _mlp_flops(cfg: DLLMConfig, layer: int) -> int:
+    """Forward FLOPs of one token through layer `layer`'s MLP: dense, or its active experts and router."""
+    h, m = cfg.hidden_size, cfg.moe
+    if m is None or not m.is_moe_layer(layer):
+        return 6 * h * cfg.ffn_hidden_size
+    return 6 * h * (m.topk * m.ffn_hidden_size + m.shared_expert_ffn_hidden_size) + 2 * h * m.num_experts
+
+
 def dense_flops_per_token(cfg: DLLMConfig, vocab: int | None = None) -> int:
-    """Forward matmul FLOPs of one token, attention scores excluded; `vocab` default: padded at TP=1."""
-    h, f, d = cfg.hidden_size, cfg.ffn_hidden_size, _head_dim(cfg)
+    """Forward matmul FLOPs of one token (active experts only), attention scores excluded; `vocab`
+    default: padded at TP=1."""
+    h, d = cfg.hidden_size, _head_dim(cfg)
     heads, groups = cfg.num_attention_heads, cfg.num_query_groups
-    per_layer = 2 * h * d * (heads + 2 * groups) + 2 * heads * d * h + 6 * h * f
-    return cfg.num_layers * per_layer + 2 * h * (vocab or cfg.padded_vocab(1))
+    attention = 2 * h * d * (heads + 2 * groups) + 2 * heads * d * h
+    mlp = sum(_mlp_flops(cfg, i) for i in range(cfg.num_layers))
+    return cfg.num_layers * attention + mlp + 2 * h * (vocab or cfg.padded_vocab(1))
+
+
+def parameter_counts(cfg: DLLMConfig) -> tuple[int, int]:
+    """Total and active parameters (the model as built at TP=1, padded vocabulary, embedding and
+    output layer once each, tied: once): active leaves out the routed experts a token does not run."""
+    total = stage_parameters(cfg, 1, 1, 0)
+    m = cfg.moe
+    if m is None:
+        return total, total
+    idle = len(cfg.moe_layers) * (m.num_experts - m.topk) * 3 * m.ffn_hidden_size * cfg.hidden_size
+    return total, total - idle
 
 
 def attention_flops_per_pair(cfg: DLLMConfig) -> int:

@@ -1,15 +1,19 @@
 """Per-GPU memory of a training run, term by term (docs/training.md, "Planning memory").
 
 Static: weights, gradients and optimizer state of this rank's shard (megatron DDP with fp32
-gradient buffers and the distributed optimizer, sharded over DP x CP), plus a resident reference's
-weights. Per micro-batch: what autograd keeps for the backward pass (`saved_bytes`; checked
-against `perf.activations.SavedActivations` on CPU by tests/test_plan_memory.py) and the layout's
-caches (mask or bias, rotary tables), times the micro-batches in flight on a pipeline stage (1F1B:
-`min(PP - stage, micro-batches)`), plus the largest short-lived buffer (logits, a recomputed span,
-TE's dBias). A resident reference runs forward-only before the step, so a stage needs
+gradient buffers and the distributed optimizer, sharded over DP x CP; a mixture of experts' routed
+experts split over EP x ETP, their optimizer state sharded over the expert-DP group), plus a
+resident reference's weights. Per micro-batch: what autograd keeps for the backward pass
+(`saved_bytes`; checked against `perf.activations.SavedActivations` on CPU by
+tests/test_plan_memory.py) and the layout's caches (mask or bias, rotary tables), times the
+micro-batches in flight on a pipeline stage (1F1B: `min(PP - stage, micro-batches)`), plus the
+largest short-lived buffer (logits, a recomputed span, TE's dBias, the experts' all-to-all). A
+resident reference runs forward-only before the step, so a stage needs
 `static + max(step, reference forward)`.
 
-Units: bytes; "per token" means per token this rank holds (a row's tokens / CP).
+Units: bytes; "per token" means per token this rank holds (a row's tokens / CP). MoE models at
+TP > 1 run sequence parallel: the norms, the MoE layer's router and experts and the layers'
+checkpointed inputs hold a TP-th of those tokens.
 """
 
 from __future__ import annotations
@@ -38,12 +42,26 @@ class ParallelLayout:
     pp: int = 1
     cp: int = 1
     dp: int = 1
+    ep: int = 1  # each MoE layer's experts split over EP ranks
+    etp: int = 1  # each expert's matrices split over ETP ranks
+
+    @property
+    def world(self) -> int:
+        return self.tp * self.pp * self.cp * self.dp
+
+    @property
+    def expert_dp(self) -> int:
+        """Ranks holding the same experts (megatron's expert data-parallel group): world / (ETP x EP x PP)."""
+        return self.world // (self.etp * self.ep * self.pp)
 
     def check(self, model: DLLMConfig) -> None:
         bad = [f"{name}={value}" for name, value in dataclasses.asdict(self).items() if value < 1]
         if bad:
             raise ValueError(f"parallel sizes must be >= 1: {', '.join(bad)}")
-        model.check_parallel(self.tp, self.pp)
+        model.check_parallel(self.tp, self.pp, self.ep, self.etp)
+        if self.world % (self.ep * self.etp * self.pp):
+            raise ValueError(f"EP={self.ep} x ETP={self.etp} x PP={self.pp} does not divide the world of {self.world} "
+                             "ranks (TP x PP x CP x DP): the experts' ranks must fill it")
 
 
 @dataclass(frozen=True)
@@ -130,25 +148,55 @@ class Settings:
         return self.model.num_layers // self.layout.pp
 
     @property
+    def sequence_shards(self) -> int:
+        """How many ways sequence parallelism splits the tokens outside attention and MLP (1: off)."""
+        return self.layout.tp if self.model.sequence_parallel(self.layout.tp) else 1
+
+    def stage_moe(self, stage: int) -> list[bool]:
+        """Whether each layer of pipeline stage `stage` has experts."""
+        moe = self.model.moe_layers
+        return [i in moe for i in _layers(self.model, self.layout.pp, stage)]
+
+    @property
     def vocab_shard(self) -> int:
         return self.model.padded_vocab(self.layout.tp) // self.layout.tp
 
 
-def stage_parameters(model: DLLMConfig, tp: int, pp: int, stage: int) -> int:
-    """Parameters held by one rank of pipeline stage `stage` (megatron-core's GPT layer, TP shards)."""
-    h, d = model.hidden_size, model.head_dim
+def _layers(model: DLLMConfig, pp: int, stage: int) -> range:
+    """Global indices of pipeline stage `stage`'s layers."""
+    n = model.num_layers // pp
+    return range(stage * n, (stage + 1) * n)
+
+
+def expert_parameters(model: DLLMConfig, pp: int, stage: int, ep: int = 1, etp: int = 1) -> int:
+    """Routed experts' parameters held by one rank of stage `stage`: per MoE layer num_experts / EP
+    experts (fc1 gate and up, fc2), each split over ETP."""
+    m = model.moe
+    if m is None:
+        return 0
+    layers = len(set(model.moe_layers) & set(_layers(model, pp, stage)))
+    return layers * m.num_experts // ep * 3 * m.ffn_hidden_size // etp * model.hidden_size
+
+
+def stage_parameters(model: DLLMConfig, tp: int, pp: int, stage: int, ep: int = 1, etp: int = 1) -> int:
+    """Parameters held by one rank of pipeline stage `stage` (megatron-core's GPT layer, TP shards;
+    routed experts over EP x ETP, the router replicated)."""
+    h, d, m = model.hidden_size, model.head_dim, model.moe
     qkv = (model.num_attention_heads + 2 * model.num_query_groups) * d // tp
     layer = (
         2 * h  # input and pre-MLP RMSNorm weights (fused into TE's linears, same count)
         + qkv * h + (qkv if model.qkv_bias else 0)
         + (2 * d if model.qk_norm else 0)  # q/k RMSNorm over head_dim
         + model.num_attention_heads * d // tp * h  # linear_proj
-        + 3 * model.ffn_hidden_size // tp * h  # fc1 (gate and up), fc2
     )
+    dense = 3 * model.ffn_hidden_size // tp * h  # fc1 (gate and up), fc2
+    moe = 0 if m is None else m.num_experts * h + 3 * m.shared_expert_ffn_hidden_size // tp * h  # router, shared
+    layers, moe_layers = _layers(model, pp, stage), model.moe_layers
+    mlps = sum(moe if i in moe_layers else dense for i in layers) + expert_parameters(model, pp, stage, ep, etp)
     vocab = model.padded_vocab(tp) // tp * h
     first, last = stage == 0, stage == pp - 1
     output = vocab if last and not (model.tie_embeddings and pp == 1) else 0  # tied at PP > 1: a copy on the last stage
-    return (vocab if first else 0) + model.num_layers // pp * layer + (h if last else 0) + output
+    return (vocab if first else 0) + len(layers) * layer + mlps + (h if last else 0) + output
 
 
 def _norm(s: Settings, width: int) -> float:
@@ -159,14 +207,17 @@ def _norm(s: Settings, width: int) -> float:
     return (2 * width + 1) * 4 + width * s.act
 
 
-def layer_bytes(s: Settings, key_tokens: int, granularity: RecomputeGranularity) -> dict[str, float]:
-    """Bytes autograd keeps per token for one transformer layer (`full` is handled per span)."""
+def layer_bytes(s: Settings, key_tokens: int, granularity: RecomputeGranularity,
+                moe: bool = False) -> dict[str, float]:
+    """Bytes autograd keeps per token for one transformer layer, with experts if `moe` (`full` is
+    handled per span). Sequence parallelism splits the norms' tokens over TP."""
     m, tp, cp, a = s.model, s.layout.tp, s.layout.cp, s.act
     h, d, f = m.hidden_size, m.head_dim, m.ffn_hidden_size // tp
     heads, groups = m.num_attention_heads // tp, m.num_query_groups // tp
     q, kv = heads * d, groups * d
     q_copy = q if heads > groups > 1 else 0  # megatron's reshape of the grouped query out of linear_qkv's output copies
-    terms = {"norms": 2 * _norm(s, h), "mlp": 5 * f * a}  # fc1 out (2f), silu, gate, fc2 input
+    terms = {"norms": 2 * _norm(s, h) / s.sequence_shards}
+    terms.update(_moe_bytes(s) if moe else {"mlp": 5 * f * a})  # dense: fc1 out (2f), silu, gate, fc2 input
     if m.qk_norm:
         terms["qk_norm"] = _qk_norm(s, q, kv, q_copy, heads, groups)
     if granularity == RecomputeGranularity.SELECTIVE:  # the checkpoint keeps its inputs and output only
@@ -183,6 +234,30 @@ def layer_bytes(s: Settings, key_tokens: int, granularity: RecomputeGranularity)
     return terms
 
 
+def _moe_bytes(s: Settings) -> dict[str, float]:
+    """megatron-core's MoE layer per token, routing balanced (each rank's experts get `topk` rows
+    per token it holds, x ETP as the expert-TP ranks gather them): the router's fp32 scores of
+    every expert and its top-k (int64 indices, fp32 weights); the dispatcher's routing map (bool)
+    and fp32 probabilities per expert and int64 permutation per row; per routed row the permuted
+    input (fc1's), fc1's output (2f), SiLU, the up half (+ megatron's GLU offset, a copy), their
+    product, its probability-weighted copy (fc2's input) and the row's fp32 probability; fc2's
+    output is not kept (the combine saves no values); the shared experts as a dense MLP."""
+    m, lay, a, h = s.model.moe, s.layout, s.act, s.model.hidden_size
+    e, k, f = m.num_experts, m.topk, m.ffn_hidden_size // lay.etp
+    terms = {"router": (4 * e + 12 * k) / s.sequence_shards, "dispatch": (5 * e + 8 * k) / s.sequence_shards,
+             "experts": k * lay.etp * ((h + 6 * f) * a + 4) / s.sequence_shards}
+    if m.shared_expert_ffn_hidden_size:
+        terms["shared_expert"] = 5 * m.shared_expert_ffn_hidden_size // lay.tp * a
+    return terms
+
+
+def dispatch_bytes(s: Settings) -> float:
+    """The all-to-all's send and receive buffers per token (receive gathered over ETP), or on the
+    combine side fc2's output and the received rows: short-lived, each `topk` rows of `h`."""
+    m = s.model.moe
+    return (1 + s.layout.etp) * m.topk * s.model.hidden_size * s.act / s.sequence_shards
+
+
 def _qk_norm(s: Settings, q: int, kv: int, q_copy: int, heads: int, groups: int) -> float:
     """RMSNorm over each head of q and k; its output only feeds rope, which keeps cos/sin.
 
@@ -195,28 +270,34 @@ def _qk_norm(s: Settings, q: int, kv: int, q_copy: int, heads: int, groups: int)
     return (inputs + q + kv + heads + groups) * 4
 
 
-def stage_layer_bytes(s: Settings, key_tokens: int) -> float:
+def _per_layer(s: Settings, key_tokens: int, granularity: RecomputeGranularity, stage: int) -> list[float]:
+    """Bytes per token of each of the stage's layers."""
+    return [sum(layer_bytes(s, key_tokens, granularity, moe).values()) for moe in s.stage_moe(stage)]
+
+
+def stage_layer_bytes(s: Settings, key_tokens: int, stage: int = 0) -> float:
     """Bytes per token of the stage's transformer layers."""
-    g, n = s.recompute.granularity, s.stage_layers
+    g = s.recompute.granularity
     if g != RecomputeGranularity.FULL:
-        return n * sum(layer_bytes(s, key_tokens, g).values())
-    full = sum(layer_bytes(s, key_tokens, RecomputeGranularity.NONE).values())
-    spans = checkpoint_spans(s.recompute, n)
-    return sum(s.model.hidden_size * s.act if recomputed else (end - start) * full for start, end, recomputed in spans)
+        return sum(_per_layer(s, key_tokens, g, stage))
+    full = _per_layer(s, key_tokens, RecomputeGranularity.NONE, stage)
+    spans = checkpoint_spans(s.recompute, s.stage_layers)
+    kept = s.model.hidden_size * s.act / s.sequence_shards  # a checkpointed span's input
+    return sum(kept if recomputed else sum(full[start:end]) for start, end, recomputed in spans)
 
 
 def saved_bytes(s: Settings, shape: Shape, stage: int = 0) -> dict[str, float]:
     """What autograd keeps after the forward of one micro-batch on `stage`, by part."""
     tokens, key_tokens = shape.rows * shape.tokens // s.layout.cp, shape.tokens
     last = stage == s.layout.pp - 1
-    out = {"layers": stage_layer_bytes(s, key_tokens) * tokens}
+    out = {"layers": stage_layer_bytes(s, key_tokens, stage) * tokens}
     if stage == 0:
         out["embedding"] = (8 + (s.layout.tp > 1)) * tokens  # int64 ids (TP: shifted ids and the out-of-shard mask)
     if last:
         v, h = s.vocab_shard, s.model.hidden_size
         padded = s.model.padded_vocab(s.layout.tp) > s.model.vocab_size
         # final norm, fp32 softmax of the vocab-parallel cross-entropy, its target mask and ids
-        out["head"] = (_norm(s, h) + 4 * v + 1 + 8) * tokens + padded * v
+        out["head"] = (_norm(s, h) / s.sequence_shards + 4 * v + 1 + 8) * tokens + padded * v
     return out
 
 
@@ -243,12 +324,14 @@ def transient_bytes(s: Settings, shape: Shape, stage: int) -> float:
         # beside the fp32 softmax (saved): bf16 logits, and their masked copy when the vocabulary is padded
         candidates.append((padded + (s.act != 4)) * s.vocab_shard * s.act * tokens)
     g = s.recompute.granularity
-    none = sum(layer_bytes(s, k_tokens, RecomputeGranularity.NONE).values())
+    none = max(_per_layer(s, k_tokens, RecomputeGranularity.NONE, stage))
     if g == RecomputeGranularity.FULL:
-        candidates.append(s.recompute.num_layers * none * tokens)  # one recomputed span's activations
+        candidates.append(s.recompute.num_layers * none * tokens)  # one recomputed span's activations (at most)
     elif g == RecomputeGranularity.SELECTIVE:
         # one layer's attention internals
-        candidates.append((none - sum(layer_bytes(s, k_tokens, g).values())) * tokens)
+        candidates.append((none - max(_per_layer(s, k_tokens, g, stage))) * tokens)
+    if any(s.stage_moe(stage)):
+        candidates.append(dispatch_bytes(s) * tokens)
     if s.backend == AttentionBackend.TE:
         candidates.append(tokens * k_tokens * s.act)  # TE's unused dBias, the size of the bias
     return max(candidates)
@@ -258,7 +341,7 @@ def reference_forward_bytes(s: Settings, shape: Shape, stage: int) -> float:
     """The resident reference's forward (no grad, before the policy's step): one layer's
     activations or the logits with their fp32 copy, plus the layout's caches."""
     tokens, k_tokens = shape.rows * shape.tokens // s.layout.cp, shape.tokens
-    layer = sum(layer_bytes(s, k_tokens, RecomputeGranularity.NONE).values()) * tokens
+    layer = max(_per_layer(s, k_tokens, RecomputeGranularity.NONE, stage)) * tokens
     logits = (2 * s.act + 4) * s.vocab_shard * tokens if stage == s.layout.pp - 1 else 0
     return max(layer, logits) + sum(cache_bytes(s, shape).values())
 
@@ -292,15 +375,17 @@ class StageMemory:
 
 def stage_memory(s: Settings, work: Workload, stage: int) -> StageMemory:
     lay = s.layout
-    params = stage_parameters(s.model, lay.tp, lay.pp, stage)
+    params = stage_parameters(s.model, lay.tp, lay.pp, stage, lay.ep, lay.etp)
+    experts = expert_parameters(s.model, lay.pp, stage, lay.ep, lay.etp)
     shape = work.shape(s.model.block_size, lay.cp)
     in_flight = min(lay.pp - stage, work.micro_batches(s.model.block_size))
-    shards = lay.dp * lay.cp  # megatron's distributed optimizer shards over the DP x CP group
+    # megatron's distributed optimizer shards over the DP x CP group, routed experts over the expert-DP group
+    optimized = (params - experts) / (lay.dp * lay.cp) + experts / lay.expert_dp
     return StageMemory(
         stage, params, in_flight,
         weights=s.act * params,
         gradients=4 * params,  # fp32 gradient buffer (grad_reduce_in_fp32)
-        optimizer=(12 if s.bf16 else 8) * params / shards,  # fp32 main params (bf16 only) + Adam moments
+        optimizer=(12 if s.bf16 else 8) * optimized,  # fp32 main params (bf16 only) + Adam moments
         reference=s.act * params if s.resident_reference else 0,
         caches=in_flight * sum(cache_bytes(s, shape).values()),
         activations=in_flight * sum(saved_bytes(s, shape, stage).values()),
@@ -360,8 +445,9 @@ def from_train_config(cfg: TrainConfig, model: DLLMConfig, dp: int, prompt_lengt
     """The planner's inputs for a training config at data-parallel size `dp` (bf16 unless train.bf16=false)."""
     par, obj = cfg.parallel, cfg.objective.name
     layout = ParallelLayout(par.tensor_model_parallel_size, par.pipeline_model_parallel_size, par.context_parallel_size,
-                            dp)
-    cfg.validate(layout.tp * layout.pp * layout.cp * dp)
+                            dp, par.expert_model_parallel_size, par.expert_tensor_parallel_size)
+    layout.check(model)  # the model's own limits (e.g. EP dividing the experts) first
+    cfg.validate(layout.world)
     if obj == Objective.EXACT_TRAJECTORY:
         raise ValueError("objective.name=exact_trajectory has one row per decoding step; plan dtrpo and scale its "
                          "activations by the steps")
