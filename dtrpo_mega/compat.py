@@ -18,6 +18,11 @@ megatron-core 0.19.2, the NGC image's. Each entry below names what it was checke
 - Transformer Engine absent, MoE router. megatron-core 0.16.1's `transformer/moe/moe_utils.py`
   imports `te_general_gemm` only when TE imports, yet its router GEMM tests the name: a NameError
   without TE. 0.19.2 sets it to None there. `define_missing_te_names` does the same on 0.16.1.
+- The MoE loss tracker. megatron-core sizes its per-layer loss tracker by the first model that
+  records into it and keeps it for the process, so a later model with more layers indexes past it.
+  0.16.1 keeps it as the module dict `moe_utils._MOE_LAYER_WISE_LOGGING_TRACKER`; 0.19.2 as a
+  `MoEMetricsTracker` object in `moe_logging`. `forget_moe_loss_tracker` empties either, so each
+  MoE model built starts one of its own size.
 - Version check. `check_megatron_core_version` warns once, naming the tested versions, when the
   installed megatron-core is another one (pyproject allows >=0.16.1,<0.20).
 """
@@ -66,6 +71,18 @@ def define_missing_te_names() -> None:
 
     if not hasattr(moe_utils, "te_general_gemm"):
         moe_utils.te_general_gemm = None
+
+
+def forget_moe_loss_tracker() -> None:
+    """Drop megatron-core's MoE loss tracker (and its size), whichever version keeps it."""
+    try:
+        from megatron.core.transformer.moe import moe_logging
+    except ImportError:  # megatron-core 0.16.1
+        from megatron.core.transformer.moe import moe_utils
+
+        moe_utils.get_moe_layer_wise_logging_tracker().clear()
+        return
+    moe_logging.destroy_moe_metrics_tracker()
 
 
 def route_full_recompute(block, forward: Callable) -> None:

@@ -141,3 +141,17 @@ def test_generate_decodes_a_converted_checkpoint(world_of_one, tmp_path, family,
     assert "tokens/forward" in printed[False]
     generated = {k: v.split("=== count up from 3 :")[1].split("\n\n")[0] for k, v in printed.items()}
     assert generated[False] == generated[True]
+
+
+def test_models_of_different_depths_train_in_one_process(world_of_one):
+    """megatron-core's MoE loss tracker is sized by the first model that records into it: each MoE
+    model built starts its own, so a deeper model after a shallower one trains."""
+    from dtrpo_mega.diffusion.mask import MaskVariant, collate, plain_sample
+    from dtrpo_mega.models.dllm import build_model
+    from dtrpo_mega.models.families import model_config
+
+    tokens = torch.randint(0, 200, (1, 16))
+    _, layout = collate([plain_sample(tokens[0])], MaskVariant.CAUSAL, 4, pad_id=0)
+    for layers in (2, 4):
+        model = build_model(model_config("sdar_moe", num_layers=layers)).train()
+        model(tokens, layout).sum().backward()

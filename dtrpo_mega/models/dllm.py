@@ -21,7 +21,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
-from dtrpo_mega.compat import check_megatron_core_version, define_missing_te_names
+from dtrpo_mega.compat import check_megatron_core_version, define_missing_te_names, forget_moe_loss_tracker
 from dtrpo_mega.diffusion.mask import TokenLayout
 from dtrpo_mega.models.attention import DLLMCoreAttention, resolve_backend, te_available
 from dtrpo_mega.models.config import DLLMConfig
@@ -140,6 +140,7 @@ def build_model(cfg: DLLMConfig, params_dtype: torch.dtype = torch.float32, tran
     check_megatron_core_version()
     if cfg.moe is not None:
         define_missing_te_names()
+        forget_moe_loss_tracker()  # its per-layer values are sized by the first model that records
     groups = pg_collection if pg_collection is not None else ProcessGroupCollection.use_mpu_process_groups()
     tp, pp = groups.tp.size(), groups.pp.size()
     on_gpu = torch.cuda.is_available()
