@@ -7,8 +7,10 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
+import time
 
 import numpy as np
 import torch
@@ -56,6 +58,17 @@ def host(*extra: str) -> str:
     """The processor, core count (and `extra`, e.g. the device) and torch version, for result tables."""
     return ", ".join([platform.processor() or platform.machine(), f"{os.cpu_count()} cores", *extra,
                       f"torch {torch.__version__}"])
+
+
+def timed(step, repeats: int):
+    """`step()` once to warm up, then `repeats` times: its last result and the median seconds."""
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = step()
+        times.append(time.perf_counter() - start)
+    return result, statistics.median(times)
 
 
 def torchrun_worker(script: str, nproc: int, argv: list[str], label: str) -> dict:

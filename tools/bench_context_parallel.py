@@ -16,13 +16,11 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import sys
-import time
 
 import torch
 
-from bench_common import add_backbone_options, backbone_config, host, torchrun_worker, write_results
+from bench_common import add_backbone_options, backbone_config, host, timed, torchrun_worker, write_results
 
 
 def worker(args) -> None:
@@ -60,15 +58,10 @@ def worker(args) -> None:
         loss.backward()
         return saved.bytes
 
-    step()
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        saved = step()
-        times.append(time.perf_counter() - start)
+    saved, step_s = timed(step, args.repeats)
     mine = {"rank": dist.get_rank(), "activations_mib": saved / 2**20,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "step_s": statistics.median(times), "local_tokens": rows.tokens.numel()}
+            "step_s": step_s, "local_tokens": rows.tokens.numel()}
     everyone = [None] * cp
     dist.all_gather_object(everyone, mine)
     if dist.get_rank() == 0:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import sys
-import time
 
 import torch
 
@@ -26,6 +24,7 @@ from bench_common import (
     backbone_config,
     host,
     preference_like_pairs,
+    timed,
     torchrun_worker,
     write_results,
 )
@@ -66,17 +65,12 @@ def worker(args) -> None:
         finalize_grads(model, num_units=args.pairs * runtime.dp)
         return saved.bytes
 
-    step()
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        saved = step()
-        times.append(time.perf_counter() - start)
+    saved, step_s = timed(step, args.repeats)
     mib = lambda params: sum(p.numel() * p.element_size() for p in params) / 2**20  # noqa: E731
     mine = {"rank": dist.get_rank(), "parameters_mib": mib(model.parameters()),
             "expert_parameters_mib": mib(p for n, p in model.named_parameters() if is_expert_param(n)),
             "activations_mib": saved / 2**20, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "step_s": statistics.median(times), "real_tokens": rows.tokens.numel() - rows.padding_tokens()}
+            "step_s": step_s, "real_tokens": rows.tokens.numel() - rows.padding_tokens()}
     everyone = [None] * runtime.world_size
     dist.all_gather_object(everyone, mine)
     if dist.get_rank() == 0:
